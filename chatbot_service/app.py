@@ -1,0 +1,276 @@
+"""The HTTP API of one bot (FastAPI). Edge: routes, Server-Sent Events and error mapping only;
+the turn logic lives in ``service``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Annotated, Any
+
+import httpx2
+from fastapi import FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from chatbot_service import __version__
+from chatbot_service.errors import BadRequest, ChatError, SessionNotFound
+from chatbot_service.holder import SettingsHolder
+from chatbot_service.service import ChatService, TurnResult
+from chatbot_service.sessions import MemoryStore
+from chatbot_service.sources import read_local
+from chatbot_service.upstream import Upstream, map_transport_error
+
+log = logging.getLogger("kubechat.http")
+
+SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+MAX_BODY_BYTES = 1 << 20
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class ChatRequest(BaseModel):
+    """A turn in a server-side conversation."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    message: str = Field(description="The user's message.")
+    session_id: str | None = Field(
+        default=None,
+        pattern=SESSION_ID_PATTERN,
+        description="Continue this session; omit to start a new one.",
+    )
+    stream: bool = Field(default=False, description="Stream the reply as Server-Sent Events.")
+
+
+class ChatReply(BaseModel):
+    session_id: str
+    reply: str
+    usage: dict[str, int]
+    truncated: bool
+
+
+SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
+
+
+def error_response(error: ChatError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def sse(event: str, data: Mapping[str, Any]) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+def create_app(
+    environ: Mapping[str, str] | None = None, load: Callable[[], Mapping[str, str]] | None = None
+) -> FastAPI:
+    """Build the app; settings come from ``load`` (default: the environment and mounted files)."""
+    env = dict(os.environ if environ is None else environ)
+    holder = SettingsHolder(load or (lambda: read_local(env)))
+    holder.reload()
+    initial = holder.current
+    store = MemoryStore(
+        max_sessions=initial.session_max_count if initial else 10_000,
+        idle_ttl=initial.session_idle_ttl if initial else 3600.0,
+        max_messages=initial.session_max_messages if initial else 2_000,
+    )
+    upstream = Upstream()
+    service = ChatService(holder, store, upstream)
+    reload_interval = float(env.get("KUBECHAT_RELOAD_INTERVAL", "5"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        reloader = asyncio.create_task(holder.run(reload_interval))
+        try:
+            yield
+        finally:
+            reloader.cancel()
+            await upstream.aclose()
+
+    app = FastAPI(
+        title="kubechat bot",
+        version=__version__,
+        lifespan=lifespan,
+        description=(
+            "One chat bot: conversations kept server-side at /chat; OpenAI-compatible /v1/chat/completions."
+        ),
+    )
+    app.state.service = service
+    app.state.holder = holder
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+
+    @app.exception_handler(ChatError)
+    async def on_chat_error(_: Request, exc: ChatError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = exc.errors()
+        if any(p.get("type") == "json_invalid" for p in problems):
+            return error_response(BadRequest("the request body is not valid JSON", code="malformed_json"))
+        described = "; ".join(
+            f"{'.'.join(str(x) for x in p.get('loc', ())[1:]) or 'body'}: {p.get('msg')}" for p in problems
+        )
+        return JSONResponse(
+            {"error": {"type": "invalid_request_error", "code": "invalid_body", "message": described}},
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            {"error": {"type": "invalid_request_error", "code": code, "message": str(exc.detail)}},
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.error(
+            "unexpected %s while serving a request",
+            type(exc).__name__,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
+        return JSONResponse(
+            {
+                "error": {
+                    "type": "server_error",
+                    "code": "internal_error",
+                    "message": "internal error; see the bot's logs",
+                }
+            },
+            status_code=500,
+        )
+
+    @app.get("/healthz", tags=["probes"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive (liveness)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["probes"])
+    async def readyz() -> JSONResponse:
+        """Settings loaded and a key present (readiness); names what is missing, never a value."""
+        report = holder.readiness()
+        return JSONResponse(report, status_code=200 if report["ready"] else 503)
+
+    @app.post("/chat", response_model=ChatReply, tags=["conversations"])
+    async def chat(request: ChatRequest) -> Response:
+        """Send a message; the bot keeps the conversation. With ``stream``, Server-Sent Events:
+        ``session``, then ``delta``s, then ``done`` (the full reply object) or ``error``."""
+        if not request.stream:
+            result = await service.turn(request.session_id, request.message)
+            return JSONResponse(result.as_json())
+        events = await service.turn_stream(request.session_id, request.message)
+        return StreamingResponse(_chat_events(events), media_type="text/event-stream", headers=SSE_HEADERS)
+
+    @app.get("/sessions/{session_id}", tags=["conversations"])
+    async def get_session(session_id: SessionId) -> dict[str, Any]:
+        """A session's history, oldest first, with each message's token count."""
+        history = await store.history(session_id)
+        if history is None:
+            raise SessionNotFound(session_id)
+        messages = [{"role": m.role, "content": m.content, "tokens": m.tokens} for m in history]
+        return {"session_id": session_id, "messages": messages, "tokens": sum(m.tokens for m in history)}
+
+    @app.delete("/sessions/{session_id}", status_code=204, tags=["conversations"])
+    async def delete_session(session_id: SessionId) -> Response:
+        """Reset: forget the session."""
+        async with store.lock(session_id):
+            if not await store.delete(session_id):
+                raise SessionNotFound(session_id)
+        return Response(status_code=204)
+
+    @app.post("/v1/chat/completions", tags=["openai"])
+    async def completions(request: Request) -> Response:
+        """OpenAI-compatible and stateless; the bot's system prompt always comes first, its model is
+        used whatever the request names, and a client's system messages follow the bot's prompt."""
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise BadRequest("the request body is not valid JSON", code="malformed_json") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the request body must be a JSON object", code="invalid_body")
+        settings = holder.require()
+        params, prompt = service.completion_params(settings, body)
+        headers = {
+            "X-Kubechat-Prompt-Tokens": str(prompt.tokens),
+            "X-Kubechat-Truncated": str(prompt.truncated).lower(),
+        }
+        if not body.get("stream"):
+            content = await upstream.complete_raw(settings, params)
+            return Response(content, media_type="application/json", headers=headers)
+        stream = upstream.stream(settings, params)
+        response = await stream.__aenter__()
+        return StreamingResponse(
+            _passthrough(stream, response), media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
+        )
+
+    @app.get("/v1/models", tags=["openai"])
+    async def models() -> dict[str, Any]:
+        """The one model this bot answers with, for tools that list models first."""
+        settings = holder.require()
+        return {
+            "object": "list",
+            "data": [
+                {"id": settings.model, "object": "model", "created": int(time.time()), "owned_by": "kubechat"}
+            ],
+        }
+
+    return app
+
+
+async def _chat_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+    async for event in events:
+        if "delta" in event:
+            yield sse("delta", event)
+        elif "session_id" in event:
+            yield sse("session", event)
+        elif "done" in event:
+            result: TurnResult = event["done"]
+            yield sse("done", result.as_json())
+        elif "error" in event:
+            error: ChatError = event["error"]
+            yield sse("error", {**error.body(), "status": error.status})
+
+
+async def _passthrough(stream: Any, response: Any) -> AsyncIterator[bytes]:
+    """Forward the upstream's event stream byte for byte; a break mid-stream ends with an error event."""
+    try:
+        async for chunk in response.aiter_bytes():
+            yield chunk
+    except httpx2.HTTPError as exc:
+        error = map_transport_error(exc)
+        yield f"data: {json.dumps(error.body())}\n\n".encode()
+    finally:
+        await stream.__aexit__(None, None, None)
+
+
+class BodyLimit:
+    """Refuse bodies that declare more than ``limit`` bytes before reading them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for name, value in scope["headers"]:
+                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                    response = error_response(
+                        _TooLarge(f"the request body is larger than {self.limit} bytes")
+                    )
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
+class _TooLarge(ChatError):
+    status = 413
+    type = "invalid_request_error"
+    code = "body_too_large"

@@ -1,0 +1,95 @@
+"""Errors a client can be told about, each with its HTTP status and a stable code. Pure: no I/O.
+
+Bodies follow the OpenAI error shape (``{"error": {"type", "code", "message"}}``) so OpenAI SDKs
+pointed at a bot show our messages as they would show OpenAI's. Messages never carry secrets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ChatError(Exception):
+    """Base of every error that becomes an HTTP response."""
+
+    status = 500
+    type = "server_error"
+    code = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"type": self.type, "code": self.code, "message": self.message}}
+
+
+class BadRequest(ChatError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code:
+            self.code = code
+
+
+class SessionNotFound(ChatError):
+    status = 404
+    type = "invalid_request_error"
+    code = "session_not_found"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__(
+            f"no session {session_id!r}: it never existed, was reset, or expired after being idle; "
+            "send the message without session_id to start a new one"
+        )
+
+
+class MessageTooLong(ChatError):
+    status = 413
+    type = "invalid_request_error"
+    code = "message_too_long"
+
+    def __init__(self, *, tokens: int, limit: int) -> None:
+        super().__init__(
+            f"the message needs {tokens} prompt tokens with the system prompt, but this bot's budget is "
+            f"{limit} (context window minus the tokens reserved for the reply); shorten the message"
+        )
+        self.tokens = tokens
+        self.limit = limit
+
+    @classmethod
+    def chars(cls, length: int, limit: int) -> MessageTooLong:
+        """Too long before counting tokens: over the bot's ``max_message_chars``."""
+        error = cls(tokens=0, limit=0)
+        error.message = f"the message has {length} characters; this bot accepts at most {limit}"
+        error.args = (error.message,)
+        return error
+
+
+class NotReady(ChatError):
+    status = 503
+    type = "server_error"
+    code = "not_ready"
+
+
+class UpstreamError(ChatError):
+    """The model's API failed; ``status`` says how, for the client to decide whether to retry."""
+
+    type = "upstream_error"
+
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message, headers=headers)
+        self.status = status
+        self.code = code
+
+
+class SessionStoreUnavailable(ChatError):
+    status = 503
+    type = "server_error"
+    code = "session_store_unavailable"

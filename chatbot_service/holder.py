@@ -1,0 +1,83 @@
+"""The settings in force, reloaded in the background. Edge: reads sources, logs.
+
+A bad reload keeps the last good settings (and says so); a process that never had good settings
+stays up and reports why on ``/readyz`` instead of crash-looping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+
+from chatbot_service.errors import NotReady
+from chatbot_service.settings import Settings, SettingsError, parse_settings
+
+log = logging.getLogger("kubechat.settings")
+
+Loader = Callable[[], Mapping[str, str]]
+
+
+class SettingsHolder:
+    """Owns the current ``Settings``; ``reload()`` re-reads every source and swaps them atomically."""
+
+    def __init__(self, load: Loader) -> None:
+        self._load = load
+        self._raw: dict[str, str] | None = None
+        self.current: Settings | None = None
+        self.problems: list[str] = []
+
+    def reload(self) -> bool:
+        """Re-read the sources; True if the settings in force changed."""
+        try:
+            raw = dict(self._load())
+        except (OSError, ValueError) as exc:
+            return self._failed([f"settings could not be read: {exc}"])
+        if raw == self._raw and not self.problems:
+            return False
+        try:
+            settings = parse_settings(raw)
+        except SettingsError as exc:
+            return self._failed(exc.problems)
+        self._raw = raw
+        changed = settings != self.current
+        if changed:
+            log.info(
+                "settings loaded: model=%s; ignored keys: %s",
+                settings.model,
+                ", ".join(settings.ignored_keys) or "none",
+            )
+        self.current, self.problems = settings, []
+        return changed
+
+    def _failed(self, problems: list[str]) -> bool:
+        if problems != self.problems:
+            kept = "keeping the last good settings" if self.current else "not ready"
+            log.error("invalid settings (%s): %s", kept, "; ".join(problems))
+        self.problems = problems
+        return False
+
+    def require(self) -> Settings:
+        """The settings a request can use, or ``NotReady`` saying what is missing."""
+        settings = self.current
+        if settings is None:
+            raise NotReady("the bot's settings are invalid: " + "; ".join(self.problems))
+        if settings.openai_api_key is None:
+            raise NotReady("the bot has no OpenAI API key configured yet")
+        return settings
+
+    def readiness(self) -> dict[str, object]:
+        """What ``/readyz`` reports: never a value, only names and problems."""
+        missing = self.current.missing() if self.current else []
+        return {
+            "ready": self.current is not None and not missing,
+            "missing": missing,
+            "problems": self.problems,
+            "model": self.current.model if self.current else None,
+        }
+
+    async def run(self, interval: float) -> None:
+        """Reload every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            await asyncio.to_thread(self.reload)

@@ -1,0 +1,12 @@
+"""Logging setup shared by the service's entry points: one line per record, to stderr."""
+
+from __future__ import annotations
+
+import logging
+
+
+def configure(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

@@ -1,0 +1,132 @@
+"""Where conversations live between turns. Edge: the store interface and the in-memory store.
+
+A store keeps each session's messages with their token counts, and gives a per-session lock so
+two turns on one session run one after the other: each turn reads the history, calls the model
+and appends both messages while holding it, so no turn is half-recorded or interleaved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from chatbot_service.conversation import Message
+
+
+class SessionStore(Protocol):
+    """What the chat service needs from any store (memory now, Redis later)."""
+
+    async def history(self, session_id: str) -> Sequence[Message] | None:
+        """The session's messages, oldest first; None if there is no such session."""
+
+    async def append(self, session_id: str, messages: Sequence[Message]) -> None:
+        """Add messages at the end, creating the session if needed."""
+
+    async def delete(self, session_id: str) -> bool:
+        """Forget a session; False if there was none."""
+
+    def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
+        """An async context manager held for a whole turn."""
+
+
+@dataclass
+class _Session:
+    messages: list[Message] = field(default_factory=list)
+    last_used: float = 0.0
+
+
+class MemoryStore:
+    """Sessions in this process: bounded in count (least recently used go first), idle TTL, and
+    messages per session (the oldest go first; they were already beyond what a request can carry)."""
+
+    def __init__(
+        self,
+        *,
+        max_sessions: int,
+        idle_ttl: float,
+        max_messages: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_sessions = max_sessions
+        self.idle_ttl = idle_ttl
+        self.max_messages = max_messages
+        self._clock = clock
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._locks: dict[str, _RefLock] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def _live(self, session_id: str) -> _Session | None:
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        now = self._clock()
+        if now - session.last_used > self.idle_ttl:
+            del self._sessions[session_id]
+            return None
+        session.last_used = now
+        self._sessions.move_to_end(session_id)
+        return session
+
+    def _evict(self) -> None:
+        now = self._clock()
+        while self._sessions:
+            oldest_id, oldest = next(iter(self._sessions.items()))
+            if len(self._sessions) <= self.max_sessions and now - oldest.last_used <= self.idle_ttl:
+                break
+            del self._sessions[oldest_id]
+
+    async def history(self, session_id: str) -> Sequence[Message] | None:
+        session = self._live(session_id)
+        return None if session is None else session.messages
+
+    async def append(self, session_id: str, messages: Sequence[Message]) -> None:
+        session = self._live(session_id)
+        if session is None:
+            session = self._sessions[session_id] = _Session(last_used=self._clock())
+        session.messages.extend(messages)
+        overflow = len(session.messages) - self.max_messages
+        if overflow > 0:
+            del session.messages[:overflow]
+        self._evict()
+
+    async def delete(self, session_id: str) -> bool:
+        return self._sessions.pop(session_id, None) is not None
+
+    def lock(self, session_id: str) -> _RefLock:
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = self._locks[session_id] = _RefLock(lambda: self._locks.pop(session_id, None))
+        return lock
+
+
+class _RefLock(AbstractAsyncContextManager[None]):
+    """An asyncio lock that removes itself from the registry when nobody holds or waits for it."""
+
+    def __init__(self, on_idle: Callable[[], object]) -> None:
+        self._lock = asyncio.Lock()
+        self._users = 0
+        self._on_idle = on_idle
+
+    async def __aenter__(self) -> None:
+        self._users += 1
+        try:
+            await self._lock.acquire()
+        except BaseException:
+            self._release_user()
+            raise
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+        self._release_user()
+
+    def _release_user(self) -> None:
+        self._users -= 1
+        if self._users == 0:
+            self._on_idle()

@@ -1,0 +1,192 @@
+"""The bot's settings: one typed object, parsed and validated in one place. Pure: no I/O.
+
+Every source (environment, mounted ConfigMap files, Azure App Configuration) is turned into a flat
+mapping of *canonical keys* (``model``, ``temperature``, ``openai_api_key`` ...) before it gets here;
+the same key names are used in the ChatBot spec (camelCase), in App Configuration (after the prefix)
+and in the environment (``KUBECHAT_`` + upper case), so one name means one thing everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from chatbot_service.conversation import Budget
+from chatbot_service.models import ModelInfo, lookup
+
+#: Keys whose values are secrets: never echoed in errors or logs.
+SECRET_KEYS = frozenset({"openai_api_key"})
+
+
+class Secret:
+    """A string that does not show itself in reprs, logs or tracebacks."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('****')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; ``problems`` name each key and what is wrong with it."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one bot process needs to know; immutable, replaced whole on reload."""
+
+    openai_api_key: Secret | None = None
+    openai_base_url: str | None = None
+    system_prompt: str = "You are a helpful assistant."
+    model: str = "gpt-4o-mini"
+    temperature: float | None = None
+    max_context_tokens: int | None = None
+    max_reply_tokens: int = 1024
+    token_encoding: str | None = None
+    request_timeout: float = 60.0
+    max_retries: int = 2
+    max_message_chars: int = 32_000
+    session_max_count: int = 10_000
+    session_idle_ttl: float = 3600.0
+    session_max_messages: int = 2_000
+    bot_name: str = "kubechat"
+    ignored_keys: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def model_info(self) -> ModelInfo:
+        info = lookup(self.model)
+        if self.token_encoding:
+            info = ModelInfo(
+                info.name, self.token_encoding, info.context_tokens, info.reply_limit_param, info.known
+            )
+        return info
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.max_context_tokens or self.model_info.context_tokens, self.max_reply_tokens)
+
+    def missing(self) -> list[str]:
+        """What the bot still needs before it can answer (for ``/readyz``)."""
+        return [] if self.openai_api_key else ["openai_api_key"]
+
+
+def _text(value: str) -> str:
+    return value
+
+
+def _nonempty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must be an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+def _number(low: float, high: float | None = None) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError("must be a number") from None
+        if not math.isfinite(number) or number < low or (high is not None and number > high):
+            raise ValueError(
+                f"must be between {low:g} and {high:g}" if high is not None else f"must be >= {low:g}"
+            )
+        return number
+
+    return parse
+
+
+def _integer(low: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value.strip())
+        except ValueError:
+            raise ValueError("must be a whole number") from None
+        if number < low:
+            raise ValueError(f"must be >= {low}")
+        return number
+
+    return parse
+
+
+def _encoding(value: str) -> str:
+    if value not in ("o200k_base", "cl100k_base"):
+        raise ValueError("must be o200k_base or cl100k_base (the encodings this service carries)")
+    return value
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "openai_api_key": lambda v: Secret(_nonempty(v).strip()),
+    "openai_base_url": _url,
+    "system_prompt": _nonempty,
+    "model": lambda v: _nonempty(v).strip(),
+    "temperature": _number(0, 2),
+    "max_context_tokens": _integer(256),
+    "max_reply_tokens": _integer(1),
+    "token_encoding": _encoding,
+    "request_timeout": _number(0.1, 3600),
+    "max_retries": _integer(0),
+    "max_message_chars": _integer(1),
+    "session_max_count": _integer(1),
+    "session_idle_ttl": _number(1),
+    "session_max_messages": _integer(2),
+    "bot_name": _text,
+}
+
+KNOWN_KEYS = frozenset(_PARSERS)
+
+
+def parse_settings(values: Mapping[str, str]) -> Settings:
+    """Validate a flat mapping of canonical keys; unknown keys are kept in ``ignored_keys``.
+
+    Every problem is collected, so one error names all bad keys at once.
+    """
+    parsed: dict[str, Any] = {}
+    problems: list[str] = []
+    for key, raw in values.items():
+        parser = _PARSERS.get(key)
+        if parser is None:
+            continue
+        try:
+            parsed[key] = parser(raw)
+        except ValueError as exc:
+            shown = "" if key in SECRET_KEYS else f" (got {raw[:80]!r})"
+            problems.append(f"{key}: {exc}{shown}")
+    ignored = tuple(sorted(k for k in values if k not in _PARSERS))
+    settings = Settings(**parsed, ignored_keys=ignored) if not problems else None
+    if settings is not None:
+        window = settings.budget.context_tokens
+        if settings.max_reply_tokens >= window:
+            problems.append(
+                f"max_reply_tokens: must be smaller than the context window ({window} tokens for "
+                f"{settings.model!r}); lower it or raise max_context_tokens"
+            )
+    if problems:
+        raise SettingsError(problems)
+    assert settings is not None
+    return settings

@@ -1,0 +1,143 @@
+"""The model's API, through the official ``openai`` async client. Edge: network I/O.
+
+Responses are read raw (``with_raw_response`` / ``with_streaming_response``): the client still does
+auth, base URL, timeouts, retries with backoff and error classes, but we skip building pydantic
+objects we would only serialise again. Every failure leaves here as an ``UpstreamError`` whose HTTP
+status tells the client what happened; no message carries the key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import httpx2
+import openai
+
+from chatbot_service.errors import UpstreamError
+from chatbot_service.settings import Settings
+
+T = TypeVar("T")
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+class Upstream:
+    """One client for the current (key, base URL, timeout, retries); a change makes a new one.
+
+    The replaced client is not closed here: calls still in flight on it finish, then it is collected.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[str, str, float, int] | None = None
+        self._client: openai.AsyncOpenAI | None = None
+
+    def client(self, settings: Settings) -> openai.AsyncOpenAI:
+        assert settings.openai_api_key is not None
+        key = (
+            settings.openai_api_key.reveal(),
+            settings.openai_base_url or DEFAULT_BASE_URL,
+            settings.request_timeout,
+            settings.max_retries,
+        )
+        if self._client is None or key != self._key:
+            self._client = openai.AsyncOpenAI(
+                api_key=key[0], base_url=key[1], timeout=key[2], max_retries=key[3]
+            )
+            self._key = key
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def complete(self, settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+        """One non-streamed completion, returned as the upstream's JSON object."""
+        create = self.client(settings).chat.completions.with_raw_response.create
+
+        async def call() -> dict[str, Any]:
+            raw = await create(**params)
+            body: dict[str, Any] = json.loads(raw.http_response.content)
+            return body
+
+        return await _mapped(call, settings)
+
+    async def complete_raw(self, settings: Settings, params: dict[str, Any]) -> bytes:
+        """One non-streamed completion, the upstream's body bytes as they came (for pass-through)."""
+        create = self.client(settings).chat.completions.with_raw_response.create
+
+        async def call() -> bytes:
+            raw = await create(**params)
+            content: bytes = raw.http_response.content
+            return content
+
+        return await _mapped(call, settings)
+
+    @asynccontextmanager
+    async def stream(self, settings: Settings, params: dict[str, Any]) -> AsyncIterator[httpx2.Response]:
+        """Open a streamed completion: errors before the first byte raise here, mapped; the body
+        is then read from the yielded response (use ``read_errors`` around the reading)."""
+        client = self.client(settings)
+        manager = client.chat.completions.with_streaming_response.create(**params, stream=True)
+        response = await _mapped(manager.__aenter__, settings)
+        try:
+            yield response.http_response
+        finally:
+            await manager.__aexit__(None, None, None)
+
+
+async def _mapped(call: Callable[[], Coroutine[Any, Any, T]], settings: Settings) -> T:
+    try:
+        return await call()
+    except openai.APIError as exc:
+        raise map_error(exc, settings) from None
+    except httpx2.HTTPError as exc:
+        raise map_transport_error(exc) from None
+
+
+def map_error(exc: openai.APIError, settings: Settings) -> UpstreamError:
+    """Turn what the openai client raised into the status our client should see."""
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamError(
+            504, "upstream_timeout", f"the model API did not answer within {settings.request_timeout:g} s"
+        )
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamError(
+            503, "upstream_unreachable", "the model API could not be reached; try again later"
+        )
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return UpstreamError(
+            502,
+            "upstream_auth_failed",
+            f"the model API rejected this bot's API key (HTTP {exc.status_code}); fix or rotate the key",
+        )
+    if isinstance(exc, openai.RateLimitError):
+        retry_after = exc.response.headers.get("retry-after", "1")
+        return UpstreamError(
+            429,
+            "upstream_rate_limited",
+            "the model API is rate limiting this bot; retry later",
+            headers={"Retry-After": retry_after},
+        )
+    if isinstance(exc, openai.APIStatusError):
+        detail = _redact(exc.message, settings)
+        return UpstreamError(
+            502, "upstream_error", f"the model API failed with HTTP {exc.status_code}: {detail}"
+        )
+    return UpstreamError(502, "upstream_error", "the model API returned a response that could not be read")
+
+
+def map_transport_error(exc: httpx2.HTTPError) -> UpstreamError:
+    """Errors while reading a streamed body, after the headers came."""
+    if isinstance(exc, httpx2.TimeoutException):
+        return UpstreamError(504, "upstream_timeout", "the model API stopped sending mid-reply")
+    return UpstreamError(503, "upstream_unreachable", "the connection to the model API broke mid-reply")
+
+
+def _redact(text: str, settings: Settings) -> str:
+    key = settings.openai_api_key.reveal() if settings.openai_api_key else ""
+    text = text[:500]
+    return text.replace(key, "****") if key else text

@@ -1,0 +1,22 @@
+"""Test-wide setup: tiktoken reads its encodings from ../shared/tiktoken (no network, as in CI)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from chatbot_service.encodings import seed
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("KUBECHAT_SHARED", REPO.parent / "shared"))
+TIKTOKEN_CACHE = Path(tempfile.gettempdir()) / "kubechat-tests-tiktoken"
+seed(SHARED / "tiktoken", TIKTOKEN_CACHE)
+os.environ["TIKTOKEN_CACHE_DIR"] = str(TIKTOKEN_CACHE)
+
+
+@pytest.fixture(scope="session")
+def tiktoken_cache() -> Path:
+    return TIKTOKEN_CACHE

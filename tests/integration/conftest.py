@@ -1,0 +1,52 @@
+"""Servers for the chat service tests: a fake OpenAI upstream and the bot itself, both on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+
+import pytest
+
+from chatbot_service.app import create_app
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.servers import ThreadedServer, serving
+
+API_KEY = "sk-test-4f8a1c2e9b7d"
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeOpenAI]:
+    fake = FakeOpenAI(api_keys={API_KEY})
+    with serving(fake.app) as server:
+        fake.url = server.url + "/v1"
+        yield fake
+
+
+BotFactory = Callable[..., AbstractContextManager[ThreadedServer]]
+
+
+@pytest.fixture
+def bot_env(upstream: FakeOpenAI) -> dict[str, str]:
+    """The environment a bot process would get in production, pointed at the fake upstream."""
+    return {
+        "OPENAI_API_KEY": API_KEY,
+        "OPENAI_BASE_URL": upstream.url,
+        "KUBECHAT_SYSTEM_PROMPT": "You are a test bot.",
+        "KUBECHAT_MODEL": "gpt-4o-mini",
+        "KUBECHAT_MAX_RETRIES": "0",
+        "KUBECHAT_REQUEST_TIMEOUT": "2",
+    }
+
+
+@pytest.fixture
+def start_bot() -> BotFactory:
+    def start(env: dict[str, str]) -> AbstractContextManager[ThreadedServer]:
+        return serving(create_app(environ=env))
+
+    return start
+
+
+@pytest.fixture
+def bot(start_bot: BotFactory, bot_env: dict[str, str]) -> Iterator[ThreadedServer]:
+    with start_bot(bot_env) as server:
+        yield server

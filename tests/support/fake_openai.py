@@ -1,0 +1,165 @@
+"""A local OpenAI-compatible Chat Completions server for tests and benchmarks.
+
+It answers like the real API does on the wire: JSON completions with ``usage``, Server-Sent Events
+when ``stream`` is true (with a final usage chunk when ``stream_options.include_usage``), and OpenAI's
+error bodies. The reply echoes what it was sent, so tests can see the context the bot forwarded:
+``"<n> messages; last: <last user message>"``. Failures are scripted per request: queue a status
+(401/429/500 ...), a delay longer than the client's timeout, or a stream that breaks midway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import tiktoken
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+_ENCODINGS = {"gpt-4": "cl100k_base", "gpt-3.5": "cl100k_base"}
+
+
+def encoding_for(model: str) -> tiktoken.Encoding:
+    for prefix, name in _ENCODINGS.items():
+        if model.startswith(prefix) and not model.startswith(("gpt-4o", "gpt-4.1")):
+            return tiktoken.get_encoding(name)
+    return tiktoken.get_encoding("o200k_base")
+
+
+def prompt_tokens(model: str, messages: list[dict[str, Any]]) -> int:
+    """The OpenAI cookbook's count, written independently of the service's own counter."""
+    enc = encoding_for(model)
+    total = 3
+    for message in messages:
+        total += 3
+        for key, value in message.items():
+            total += len(enc.encode(str(value), disallowed_special=()))
+            if key == "name":
+                total += 1
+    return total
+
+
+@dataclass
+class Fault:
+    """What to do instead of answering the next request."""
+
+    status: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    break_stream_after: int | None = None
+
+
+@dataclass
+class Seen:
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+class FakeOpenAI:
+    def __init__(self, *, api_keys: set[str] | None = None, reply: str | None = None) -> None:
+        self.api_keys = api_keys  # None: any key is accepted
+        self.reply = reply
+        self.faults: deque[Fault] = deque()
+        self.requests: list[Seen] = []
+        self.url = ""  # set by whoever serves it: the base URL clients use, ending in /v1
+        self._lock = threading.Lock()
+        self.app = Starlette(routes=[Route("/v1/chat/completions", self.completions, methods=["POST"])])
+
+    def fail_next(self, fault: Fault) -> None:
+        self.faults.append(fault)
+
+    @property
+    def last(self) -> Seen:
+        return self.requests[-1]
+
+    def _error(self, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> Response:
+        body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    def answer_for(self, messages: list[dict[str, Any]]) -> str:
+        if self.reply is not None:
+            return self.reply
+        last_user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
+        return f"{len(messages)} messages; last: {last_user}"
+
+    async def completions(self, request: Request) -> Response:
+        body = await request.json()
+        with self._lock:
+            self.requests.append(Seen(dict(request.headers), body))
+            fault = self.faults.popleft() if self.faults else None
+        if fault and fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault and fault.status:
+            return self._error(fault.status, f"scripted failure {fault.status}", "scripted", fault.headers)
+        key = request.headers.get("authorization", "").removeprefix("Bearer ")
+        if self.api_keys is not None and key not in self.api_keys:
+            return self._error(401, f"Incorrect API key provided: {key[:3]}***{key[-2:]}.", "invalid_api_key")
+        model = body["model"]
+        messages = body["messages"]
+        answer = self.answer_for(messages)
+        enc = encoding_for(model)
+        usage = {
+            "prompt_tokens": prompt_tokens(model, messages),
+            "completion_tokens": len(enc.encode(answer, disallowed_special=())),
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        created = int(time.time())
+        if not body.get("stream"):
+            return JSONResponse(
+                {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": answer},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": usage,
+                }
+            )
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        pieces = [p + " " for p in answer.split(" ")]
+        pieces[-1] = pieces[-1][:-1]
+        break_after = fault.break_stream_after if fault else None
+
+        async def events() -> Any:
+            def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+                event = {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
+                return f"data: {json.dumps(event)}\n\n".encode()
+
+            yield chunk({"role": "assistant", "content": ""})
+            for i, piece in enumerate(pieces):
+                if break_after is not None and i >= break_after:
+                    raise ConnectionResetError("scripted break mid-stream")
+                yield chunk({"content": piece})
+            yield chunk({}, "stop")
+            if include_usage:
+                final = {
+                    "id": "chatcmpl-fake",
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": usage,
+                }
+                yield f"data: {json.dumps(final)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")

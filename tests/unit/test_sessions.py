@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import asyncio
+
+from chatbot_service.conversation import Message
+from chatbot_service.sessions import MemoryStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def m(text: str) -> Message:
+    return Message("user", text, 1, "test")
+
+
+def test_least_recently_used_sessions_are_evicted_first() -> None:
+    async def scenario() -> None:
+        store = MemoryStore(max_sessions=2, idle_ttl=100, max_messages=10)
+        await store.append("a", [m("1")])
+        await store.append("b", [m("2")])
+        assert await store.history("a") is not None  # a is now the most recently used
+        await store.append("c", [m("3")])
+        assert await store.history("b") is None
+        assert await store.history("a") is not None and await store.history("c") is not None
+        assert len(store) == 2
+
+    asyncio.run(scenario())
+
+
+def test_idle_sessions_expire() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        store = MemoryStore(max_sessions=10, idle_ttl=60, max_messages=10, clock=clock)
+        await store.append("a", [m("1")])
+        await store.append("b", [m("1")])
+        clock.now = 50
+        assert await store.history("a") is not None  # touched: stays
+        clock.now = 70
+        assert await store.history("b") is None
+        assert await store.history("a") is not None
+        clock.now = 200
+        await store.append("c", [m("x")])  # sweeps expired sessions
+        assert len(store) == 1
+
+    asyncio.run(scenario())
+
+
+def test_history_is_bounded_oldest_first() -> None:
+    async def scenario() -> None:
+        store = MemoryStore(max_sessions=10, idle_ttl=60, max_messages=4)
+        for i in range(3):
+            await store.append("a", [m(f"q{i}"), m(f"a{i}")])
+        history = await store.history("a")
+        assert history is not None
+        assert [x.content for x in history] == ["q1", "a1", "q2", "a2"]
+
+    asyncio.run(scenario())
+
+
+def test_turns_on_one_session_are_serialized_and_locks_are_released() -> None:
+    async def scenario() -> None:
+        store = MemoryStore(max_sessions=10, idle_ttl=60, max_messages=100)
+        order: list[str] = []
+
+        async def turn(name: str) -> None:
+            async with store.lock("s"):
+                order.append(f"{name}-start")
+                await asyncio.sleep(0.01)
+                order.append(f"{name}-end")
+
+        await asyncio.gather(turn("x"), turn("y"), turn("z"))
+        # each turn runs start to end before the next one starts
+        assert all(
+            order[i].endswith("-start") and order[i + 1] == order[i].replace("start", "end")
+            for i in (0, 2, 4)
+        )
+        assert store._locks == {}
+
+    asyncio.run(scenario())
