@@ -10,6 +10,8 @@ import pytest
 
 from chatbot_service.encodings import seed
 
+pytest_plugins = ["tests.cluster.pytest_plugin"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("KUBECHAT_SHARED", REPO.parent / "shared"))
 TIKTOKEN_CACHE = Path(tempfile.gettempdir()) / "kubechat-tests-tiktoken"

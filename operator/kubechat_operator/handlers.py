@@ -1,0 +1,212 @@
+"""Kopf wiring: when to reconcile, and what to tell the user. Edge: thin handlers only.
+
+A bot is reconciled on create, update and resume (render, apply, status). Its children are
+watched too: one deleted or edited by hand is put back at once, and the Deployment's progress
+flows into the bot's status, so ``Ready`` follows the pods.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, cast
+
+import kopf
+from kubernetes import client, config
+
+from kubechat_operator import GROUP, PLURAL, VERSION
+from kubechat_operator.kube import Kube
+from kubechat_operator.render import BOT_LABEL, HASH_ANNOTATION, OperatorDefaults, render, secret_refs
+from kubechat_operator.status import build_status, same_status
+
+CHILDREN = {"app.kubernetes.io/managed-by": "kubechat-operator"}
+log = logging.getLogger("kubechat.operator")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _api_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = 16
+    return client.ApiClient(configuration)
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """One API client for the process; events only for what a person should see."""
+    settings.posting.level = logging.WARNING  # our own Normal events are posted explicitly
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.execution.max_workers = 8
+    memo.kube = Kube(_api_client())
+    memo.defaults = OperatorDefaults(
+        image=os.environ.get("KUBECHAT_BOT_IMAGE", OperatorDefaults.image),
+        image_pull_policy=os.environ.get(
+            "KUBECHAT_BOT_IMAGE_PULL_POLICY", OperatorDefaults.image_pull_policy
+        ),
+    )
+    memo.applied = {}  # (kind, namespace, name) -> generation (Deployment) or resourceVersion we wrote
+    memo.statuses = {}  # (namespace, bot) -> the status we last wrote
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def bots(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[tuple[str | None, str], dict[str, Any]]:
+    """Every bot's last seen body, so child events need no extra GET."""
+    return {(namespace, name): copy.deepcopy(dict(body))}
+
+
+def _raw(body: Mapping[str, Any]) -> dict[str, Any]:
+    return copy.deepcopy(dict(body))
+
+
+def _missing_secret(kube: Kube, namespace: str, spec: dict[str, Any]) -> tuple[str, str] | None:
+    for name, key in secret_refs(spec):
+        if kube.secret_exists(namespace, name) is False:
+            return (
+                "SecretNotFound",
+                f"Secret {name!r} (key {key!r}) does not exist in namespace {namespace!r}",
+            )
+    return None
+
+
+def ensure(raw: dict[str, Any], memo: kopf.Memo) -> tuple[dict[str, Any], tuple[str, str] | None, str]:
+    """Render and apply the bot's children; returns (status, problem, config hash)."""
+    kube: Kube = memo.kube
+    meta, spec = raw["metadata"], raw.get("spec") or {}
+    namespace = meta["namespace"]
+    problem = _missing_secret(kube, namespace, spec)
+    children = render(raw, memo.defaults)
+    deployment: dict[str, Any] | None = None
+    try:
+        for child in children.all():
+            live = kube.apply(child)
+            key = (child["kind"], namespace, child["metadata"]["name"])
+            if child["kind"] == "Deployment":
+                deployment = live
+                memo.applied[key] = live["metadata"].get("generation")
+            else:
+                memo.applied[key] = live["metadata"].get("resourceVersion")
+    except client.ApiException as exc:
+        message = _api_message(exc)
+        if exc.status in (400, 422) or "failed to create typed patch object" in message:
+            raise kopf.PermanentError(f"the API server refused the bot's children: {message}") from None
+        if exc.status == 403 and "being terminated" in message:
+            raise NamespaceTerminating(namespace) from None
+        raise kopf.TemporaryError(
+            f"applying the bot's children failed (HTTP {exc.status}): {message}", delay=5
+        ) from None
+    status = build_status(raw, deployment, children.config_hash, problem, raw.get("status") or {}, _now())
+    return status, problem, children.config_hash
+
+
+class NamespaceTerminating(Exception):
+    """Nothing to do: the namespace and everything in it is going away."""
+
+
+def _api_message(exc: client.ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message", exc.reason))[:500]
+    except ValueError:
+        return str(exc.reason)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    """Make the children match the spec; a missing Secret is reported and retried with backoff."""
+    raw = _raw(body)
+    meta = raw["metadata"]
+    previous = raw.get("status") or {}
+    try:
+        status, problem, digest = ensure(raw, memo)
+    except NamespaceTerminating:
+        return
+    except kopf.PermanentError as exc:
+        status = build_status(raw, None, None, ("InvalidSpec", str(exc)), previous, _now())
+        patch.status.update(status)
+        kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc))
+        raise
+    patch.status.update(status)
+    memo.statuses[(meta["namespace"], meta["name"])] = status
+    if previous.get("configHash") != digest:
+        kopf.event(
+            body,
+            type="Normal",
+            reason="Applied",
+            message=f"applied Deployment, Service and ConfigMap (config {digest})",
+        )
+    if problem:
+        ready_before: dict[str, Any] = next(
+            (c for c in previous.get("conditions") or () if c.get("type") == "Ready"), {}
+        )
+        if ready_before.get("reason") != problem[0]:  # one Warning when it starts, not one per retry
+            kopf.event(body, type="Warning", reason=problem[0], message=problem[1])
+        raise kopf.TemporaryError(problem[1], delay=min(2 ** (retry + 1), 60))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILDREN)
+@kopf.on.event("v1", "services", labels=CHILDREN)
+@kopf.on.event("v1", "configmaps", labels=CHILDREN)
+def child_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Put back what was deleted or edited by hand; let the Deployment's progress reach the bot."""
+    bots: kopf.Index[tuple[str | None, str | None], dict[str, Any]] = kwargs["bots"]
+    meta = body.get("metadata") or {}
+    namespace, bot = meta.get("namespace"), (meta.get("labels") or {}).get(BOT_LABEL)
+    found = list(bots.get((namespace, bot), ()))
+    if not found:
+        return
+    raw = found[-1]
+    owners = {o.get("uid") for o in meta.get("ownerReferences") or ()}
+    if raw["metadata"].get("deletionTimestamp") or raw["metadata"]["uid"] not in owners:
+        return
+    kind, name = body.get("kind"), meta.get("name")
+    key = (kind, namespace, name)
+    mark = meta.get("generation") if kind == "Deployment" else meta.get("resourceVersion")
+    recorded = memo.applied.get(key)
+    drifted = event["type"] == "DELETED" or (recorded is not None and mark != recorded)
+    if drifted:
+        try:
+            status = ensure(raw, memo)[0]
+        except NamespaceTerminating:
+            return
+        how = "deleted" if event["type"] == "DELETED" else "changed"
+        kopf.event(
+            kopf.Body(cast(kopf.RawBody, raw)),
+            type="Normal",
+            reason="Restored",
+            message=f"{kind} {name} was {how} by hand; put it back",
+        )
+    elif kind == "Deployment" and event["type"] != "DELETED":
+        digest = (
+            (body.get("spec") or {}).get("template", {}).get("metadata", {}).get("annotations") or {}
+        ).get(HASH_ANNOTATION)
+        status = build_status(
+            raw,
+            _raw(body),
+            digest,
+            None,
+            memo.statuses.get((namespace, bot)) or raw.get("status") or {},
+            _now(),
+        )
+    else:
+        return
+    last = memo.statuses.get((namespace, bot))
+    if last is not None and same_status(last, status):
+        return
+    if last is not None and any(c["reason"] == "SecretNotFound" for c in last.get("conditions", ())):
+        return  # the bot's own retrying handler owns the status until the Secret appears
+    memo.kube.patch_bot_status(namespace, bot, status)
+    memo.statuses[(namespace, bot)] = status

@@ -1,0 +1,304 @@
+"""ChatBot spec -> the children that serve it. Pure: dicts in, dicts out, no I/O.
+
+Every child has a fixed name derived from the bot, so rendering twice gives the same objects and
+server-side apply makes the cluster match them (idempotent reconcile, no create-if-missing).
+The pod template carries a hash of everything that needs new pods; replicas are not in it, so
+scaling never rolls, and the prompt and settings are in it, so changing them always does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from kubechat_operator import GROUP, VERSION
+
+APP_PORT = 8080
+CONFIG_DIR = "/etc/kubechat/config"
+CONNECTION_STRING_PATH = "appconfig/connection_string"  # inside CONFIG_DIR; a directory, so not a setting
+HASH_ANNOTATION = "kubechat.dev/config-hash"
+REFRESH_ANNOTATION = "kubechat.dev/refresh-requested-at"
+BOT_LABEL = "kubechat.dev/bot"
+
+DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
+
+# spec field -> canonical setting name (the chat service's file names in its config dir)
+_SPEC_SETTINGS = {
+    "systemPrompt": "system_prompt",
+    "model": "model",
+    "temperature": "temperature",
+    "maxContextTokens": "max_context_tokens",
+    "maxReplyTokens": "max_reply_tokens",
+}
+
+
+@dataclass(frozen=True)
+class OperatorDefaults:
+    """What a spec may leave out and the operator fills in (flags, env, Helm values)."""
+
+    image: str = "kubechat/chatbot:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+
+
+@dataclass(frozen=True)
+class Children:
+    config_map: dict[str, Any]
+    deployment: dict[str, Any]
+    service: dict[str, Any]
+    config_hash: str
+
+    def all(self) -> list[dict[str, Any]]:
+        return [self.config_map, self.deployment, self.service]
+
+
+def labels(bot: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "kubechat",
+        "app.kubernetes.io/instance": bot,
+        "app.kubernetes.io/managed-by": "kubechat-operator",
+        BOT_LABEL: bot,
+    }
+
+
+def selector(bot: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "kubechat", "app.kubernetes.io/instance": bot}
+
+
+def selector_string(bot: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(selector(bot).items()))
+
+
+def config_map_name(bot: str) -> str:
+    return f"{bot}-config"
+
+
+def endpoint(bot: str, namespace: str, spec: dict[str, Any]) -> str:
+    port = (spec.get("service") or {}).get("port", 80)
+    suffix = "" if port == 80 else f":{port}"
+    return f"http://{bot}.{namespace}.svc{suffix}"
+
+
+def _owner(bot: str, uid: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "ChatBot",
+            "name": bot,
+            "uid": uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+
+
+def _meta(name: str, bot: str, namespace: str, uid: str) -> dict[str, Any]:
+    return {"name": name, "namespace": namespace, "labels": labels(bot), "ownerReferences": _owner(bot, uid)}
+
+
+def settings_data(bot: str, spec: dict[str, Any], annotations: dict[str, str]) -> dict[str, str]:
+    """The explicit, non-secret settings of the spec, one entry per canonical key."""
+    data = {"bot_name": bot}
+    for field, key in _SPEC_SETTINGS.items():
+        if spec.get(field) is not None:
+            value = spec[field]
+            data[key] = json.dumps(value) if isinstance(value, float | int) else str(value)
+    base_url = (spec.get("openAI") or {}).get("baseUrl")
+    if base_url:
+        data["openai_base_url"] = base_url
+    refresh = annotations.get(REFRESH_ANNOTATION)
+    if refresh:
+        data["refresh_requested_at"] = refresh  # changes a file: pods reload now, without a rollout
+    return data
+
+
+def _projected_sources(bot: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Everything the service reads from files, in one directory: settings, prompt, key, connection string.
+
+    Secrets are mounted ``optional`` so a missing one leaves the pod running and not ready (its
+    ``/readyz`` says what is missing) instead of stuck, and it heals once the Secret appears.
+    """
+    sources: list[dict[str, Any]] = [{"configMap": {"name": config_map_name(bot)}}]
+    prompt_from = spec.get("systemPromptFrom") or {}
+    if "configMapKeyRef" in prompt_from:
+        ref = prompt_from["configMapKeyRef"]
+        sources.append(
+            {"configMap": {"name": ref["name"], "items": [{"key": ref["key"], "path": "system_prompt"}]}}
+        )
+    if "secretKeyRef" in prompt_from:
+        ref = prompt_from["secretKeyRef"]
+        sources.append(
+            {
+                "secret": {
+                    "name": ref["name"],
+                    "items": [{"key": ref["key"], "path": "system_prompt"}],
+                    "optional": True,
+                }
+            }
+        )
+    key_ref = (spec.get("openAI") or {}).get("apiKeySecretRef")
+    if key_ref:
+        sources.append(
+            {
+                "secret": {
+                    "name": key_ref["name"],
+                    "items": [{"key": key_ref.get("key", "apiKey"), "path": "openai_api_key"}],
+                    "optional": True,
+                }
+            }
+        )
+    conn_ref = (spec.get("appConfiguration") or {}).get("connectionStringSecretRef")
+    if conn_ref:
+        sources.append(
+            {
+                "secret": {
+                    "name": conn_ref["name"],
+                    "items": [
+                        {"key": conn_ref.get("key", "connectionString"), "path": CONNECTION_STRING_PATH}
+                    ],
+                    "optional": True,
+                }
+            }
+        )
+    return sources
+
+
+def _env(bot: str, spec: dict[str, Any]) -> list[dict[str, str]]:
+    env = [
+        {"name": "KUBECHAT_CONFIG_DIR", "value": CONFIG_DIR},
+        {"name": "KUBECHAT_BOT_NAME", "value": bot},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    app_config = spec.get("appConfiguration")
+    if app_config:
+        if app_config.get("endpoint"):
+            env.append({"name": "KUBECHAT_APPCONFIG_ENDPOINT", "value": app_config["endpoint"]})
+        else:
+            env.append(
+                {
+                    "name": "KUBECHAT_APPCONFIG_CONNECTION_STRING_FILE",
+                    "value": f"{CONFIG_DIR}/{CONNECTION_STRING_PATH}",
+                }
+            )
+        env.append({"name": "KUBECHAT_APPCONFIG_KEY_PREFIX", "value": app_config.get("keyPrefix", f"{bot}:")})
+        if app_config.get("label"):
+            env.append({"name": "KUBECHAT_APPCONFIG_LABEL", "value": app_config["label"]})
+        env.append(
+            {
+                "name": "KUBECHAT_APPCONFIG_REFRESH_INTERVAL",
+                "value": str(app_config.get("refreshInterval", 30)),
+            }
+        )
+    return env
+
+
+def config_hash(data: dict[str, str], template: dict[str, Any]) -> str:
+    """Changes exactly when pods must be replaced: settings (except a refresh request) or template."""
+    stable = {k: v for k, v in data.items() if k != "refresh_requested_at"}
+    blob = json.dumps({"settings": stable, "template": template}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def render(body: dict[str, Any], defaults: OperatorDefaults) -> Children:
+    """Render a ChatBot (as the API server returns it, defaults applied) into its children."""
+    meta = body["metadata"]
+    bot, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
+    spec = body.get("spec") or {}
+    data = settings_data(bot, spec, meta.get("annotations") or {})
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(config_map_name(bot), bot, namespace, uid),
+        "data": data,
+    }
+    container = {
+        "name": "bot",
+        "image": spec.get("image") or defaults.image,
+        "imagePullPolicy": spec.get("imagePullPolicy") or defaults.image_pull_policy,
+        "args": ["serve", "--host", "0.0.0.0", "--port", str(APP_PORT)],
+        "ports": [{"name": "http", "containerPort": APP_PORT, "protocol": "TCP"}],
+        "env": _env(bot, spec),
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": "http"},
+            "periodSeconds": 5,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "resources": spec.get("resources") or DEFAULT_RESOURCES,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "automountServiceAccountToken": bool(spec.get("serviceAccountName")),
+        "volumes": [
+            {"name": "config", "projected": {"sources": _projected_sources(bot, spec), "defaultMode": 0o440}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        ],
+    }
+    if spec.get("serviceAccountName"):
+        pod_spec["serviceAccountName"] = spec["serviceAccountName"]
+    template = {"metadata": {"labels": labels(bot)}, "spec": pod_spec}
+    digest = config_hash(data, template)
+    template["metadata"]["annotations"] = {HASH_ANNOTATION: digest}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(bot, bot, namespace, uid),
+        "spec": {
+            "replicas": spec.get("replicas", 1),
+            "selector": {"matchLabels": selector(bot)},
+            "template": template,
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        },
+    }
+    svc_spec = spec.get("service") or {}
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(bot, bot, namespace, uid),
+        "spec": {
+            "type": svc_spec.get("type", "ClusterIP"),
+            "selector": selector(bot),
+            "ports": [
+                {"name": "http", "port": svc_spec.get("port", 80), "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+    return Children(config_map, deployment, service, digest)
+
+
+def secret_refs(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    """(Secret name, key) pairs the bot cannot work without."""
+    refs = []
+    key_ref = (spec.get("openAI") or {}).get("apiKeySecretRef")
+    if key_ref:
+        refs.append((key_ref["name"], key_ref.get("key", "apiKey")))
+    conn_ref = (spec.get("appConfiguration") or {}).get("connectionStringSecretRef")
+    if conn_ref:
+        refs.append((conn_ref["name"], conn_ref.get("key", "connectionString")))
+    prompt_ref = (spec.get("systemPromptFrom") or {}).get("secretKeyRef")
+    if prompt_ref:
+        refs.append((prompt_ref["name"], prompt_ref["key"]))
+    return refs

@@ -1,0 +1,91 @@
+"""pytest fixtures for tests that need a real Kubernetes control plane.
+
+Enable with `pytest_plugins = ["tests.cluster.pytest_plugin"]` in tests/conftest.py. The control plane starts
+once per test session (binaries are built first if missing) and is always stopped at the end. Set
+KUBECHAT_KUBECONFIG to reuse a running cluster (e.g. one from `make cluster-up`) instead.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from tests.cluster.kubeapi import read_kubeconfig_server
+from tests.cluster.localcluster import ClusterInfo, LocalCluster
+from tests.cluster.polling import eventually
+
+NAMESPACE_LABEL = "kubechat.dev/test-namespace"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cluster: needs the local Kubernetes control plane (tests/cluster)")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterInfo]:
+    """The control plane for this session: started here, or the one KUBECHAT_KUBECONFIG points at."""
+    existing = os.environ.get("KUBECHAT_KUBECONFIG")
+    if existing:
+        kubeconfig = Path(existing).expanduser().resolve()
+        yield ClusterInfo(kubeconfig, read_kubeconfig_server(kubeconfig))
+        return
+    # tie_to_parent: the kernel kills the components even if pytest is killed; atexit covers exits that
+    # skip fixture teardown; the finally covers failures. stop() is idempotent. etcd's data lives in pytest's
+    # temp dir, so even a killed run leaves nothing that pytest does not prune itself.
+    workdir = tmp_path_factory.mktemp("kubechat-cluster")
+    local = LocalCluster(workdir, tie_to_parent=True, data_parent=workdir)
+    atexit.register(local.stop)
+    try:
+        yield local.start()
+    finally:
+        local.stop()
+        atexit.unregister(local.stop)
+
+
+@pytest.fixture
+def kube_api(cluster: ClusterInfo) -> Iterator[Any]:
+    """A kubernetes.client.ApiClient authenticated as cluster admin, verifying the server against our CA."""
+    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+def _namespace_name(test_name: str) -> str:
+    stem = re.sub(r"[^a-z0-9-]+", "-", test_name.lower()).strip("-")[:40].rstrip("-")
+    return f"{stem or 'test'}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def namespace(kube_api: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace named after the test; deleted afterwards without waiting for it to go.
+
+    Yielded only once its `default` ServiceAccount exists, since Pods cannot be created before that.
+    """
+    core = client.CoreV1Api(kube_api)
+    name = _namespace_name(request.node.name)
+    body = client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={NAMESPACE_LABEL: "true"}))
+    core.create_namespace(body)
+    try:
+        eventually(
+            lambda: core.read_namespaced_service_account("default", name),
+            timeout=30,
+            what=f"ServiceAccount default in namespace {name}",
+        )
+        yield name
+    finally:
+        try:
+            core.delete_namespace(name, propagation_policy="Background")
+        except ApiException as err:
+            if err.status != 404:
+                raise

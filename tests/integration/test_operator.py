@@ -1,0 +1,435 @@
+"""The operator against a real kube-apiserver + etcd + controllers + kwok: YAML in, running bot out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from tests.cluster.localcluster import ClusterInfo
+from tests.cluster.polling import eventually
+
+pytestmark = pytest.mark.cluster
+
+REPO = Path(__file__).resolve().parents[2]
+CRD = REPO / "crds" / "chatbots.kubechat.dev.yaml"
+GROUP, VERSION, PLURAL = "kubechat.dev", "v1alpha1", "chatbots"
+
+
+def kubectl(
+    cluster: ClusterInfo, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    done = subprocess.run(
+        ["kubectl", *args], input=stdin, env=env, capture_output=True, text=True, timeout=60
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed: {done.stderr}")
+    return done
+
+
+class Operator:
+    """``kubechat-operator`` as a real process on the test cluster's kubeconfig."""
+
+    def __init__(self, cluster: ClusterInfo, log: Path) -> None:
+        self.cluster, self.log = cluster, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "KUBECHAT_BOT_IMAGE": "kubechat/chatbot:test",
+        }
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "kubechat_operator.main", "--liveness", "none", "--log-level", "info"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    kubectl(cluster, "apply", "--server-side", "-f", str(CRD))
+    kubectl(cluster, "wait", "--for=condition=Established", "crd/chatbots.kubechat.dev", "--timeout=60s")
+    op = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+def bot_manifest(name: str, **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "systemPrompt": "You are a test bot.",
+        "openAI": {"apiKeySecretRef": {"name": "openai"}},
+    }
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ChatBot",
+        "metadata": {"name": name},
+        "spec": base | spec,
+    }
+
+
+class Bots:
+    def __init__(self, api: Any, namespace: str) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.apps = client.AppsV1Api(api)
+        self.core = client.CoreV1Api(api)
+        self.ns = namespace
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return cast(
+            dict[str, Any], self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
+        )
+
+    def get(self, name: str) -> dict[str, Any]:
+        return cast(
+            dict[str, Any], self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+        )
+
+    def patch(self, name: str, patch: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name, patch)
+
+    def condition(self, name: str, kind: str) -> dict[str, Any]:
+        for c in (self.get(name).get("status") or {}).get("conditions") or ():
+            if c["type"] == kind:
+                return dict(c)
+        raise AssertionError(f"no {kind} condition yet: {self.get(name).get('status')}")
+
+    def deployment(self, name: str) -> Any:
+        return self.apps.read_namespaced_deployment(name, self.ns)
+
+    def secret(self, name: str = "openai", key: str = "apiKey", value: str = "sk-test") -> None:
+        self.core.create_namespaced_secret(
+            self.ns, client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data={key: value})
+        )
+
+    def ready(self, name: str, replicas: int) -> dict[str, Any]:
+        def check() -> dict[str, Any]:
+            bot = self.get(name)
+            status = bot.get("status") or {}
+            assert status.get("readyReplicas") == replicas, status
+            assert status.get("observedGeneration") == bot["metadata"]["generation"], status
+            assert self.condition(name, "Ready")["status"] == "True", status
+            return bot
+
+        return eventually(check, timeout=60, what=f"bot {name} ready with {replicas} pods")
+
+    def replica_sets(self, name: str) -> list[Any]:
+        items = self.apps.list_namespaced_replica_set(
+            self.ns, label_selector=f"kubechat.dev/bot={name}"
+        ).items
+        return list(items)
+
+    def events(self, name: str) -> list[Any]:
+        return list(
+            self.core.list_namespaced_event(
+                self.ns, field_selector=f"involvedObject.kind=ChatBot,involvedObject.name={name}"
+            ).items
+        )
+
+
+@pytest.fixture
+def bots(kube_api: Any, namespace: str, operator: Operator) -> Bots:
+    return Bots(kube_api, namespace)
+
+
+def test_a_bot_gets_its_deployment_service_and_config_map(bots: Bots) -> None:
+    bots.secret()
+    created = bots.create(bot_manifest("helpdesk", model="gpt-4o", replicas=2, temperature=0.2))
+    bot = bots.ready("helpdesk", 2)
+    uid = created["metadata"]["uid"]
+    dep = bots.deployment("helpdesk")
+    svc = bots.core.read_namespaced_service("helpdesk", bots.ns)
+    cm = bots.core.read_namespaced_config_map("helpdesk-config", bots.ns)
+    for child in (dep, svc, cm):
+        owners = child.metadata.owner_references or []
+        assert len(owners) == 1
+        owner = owners[0]
+        assert (owner.kind, owner.name, owner.uid, owner.controller) == ("ChatBot", "helpdesk", uid, True)
+    assert cm.data == {
+        "bot_name": "helpdesk",
+        "model": "gpt-4o",
+        "system_prompt": "You are a test bot.",
+        "temperature": "0.2",
+    }
+    container = dep.spec.template.spec.containers[0]
+    assert container.image == "kubechat/chatbot:test"
+    assert container.readiness_probe.http_get.path == "/readyz"
+    assert container.liveness_probe.http_get.path == "/healthz"
+    sc = container.security_context
+    assert sc.run_as_non_root and sc.read_only_root_filesystem and not sc.allow_privilege_escalation
+    assert sc.capabilities.drop == ["ALL"] and sc.seccomp_profile.type == "RuntimeDefault"
+    assert container.resources.requests == {"cpu": "100m", "memory": "128Mi"}
+    env = {e.name: e.value for e in container.env}
+    assert "OPENAI_API_KEY" not in env and env["KUBECHAT_CONFIG_DIR"] == "/etc/kubechat/config"
+    sources = dep.spec.template.spec.volumes[0].projected.sources
+    key_source = next(s.secret for s in sources if s.secret)
+    assert (
+        key_source.name == "openai" and key_source.items[0].path == "openai_api_key" and key_source.optional
+    )
+    assert (
+        svc.spec.type == "ClusterIP"
+        and svc.spec.ports[0].port == 80
+        and svc.spec.ports[0].target_port == "http"
+    )
+    assert svc.spec.selector == dep.spec.selector.match_labels
+    status = bot["status"]
+    assert status["endpoint"] == f"http://helpdesk.{bots.ns}.svc"
+    assert status["selector"] == "app.kubernetes.io/instance=helpdesk,app.kubernetes.io/name=kubechat"
+    assert status["configHash"] == dep.spec.template.metadata.annotations["kubechat.dev/config-hash"]
+    assert {c["type"]: c["status"] for c in status["conditions"]} == {
+        "Ready": "True",
+        "Progressing": "False",
+        "Degraded": "False",
+    }
+    assert any(e.reason == "Applied" for e in bots.events("helpdesk"))
+
+
+def test_kubectl_scale_scales_without_a_rollout(bots: Bots, cluster: ClusterInfo) -> None:
+    bots.secret()
+    bots.create(bot_manifest("scaled"))
+    bots.ready("scaled", 1)
+    template_hash = bots.deployment("scaled").spec.template.metadata.annotations["kubechat.dev/config-hash"]
+    kubectl(cluster, "-n", bots.ns, "scale", "chatbot/scaled", "--replicas=3")
+    bots.ready("scaled", 3)
+    assert bots.deployment("scaled").spec.replicas == 3
+    listed = kubectl(cluster, "-n", bots.ns, "get", "chatbots").stdout
+    assert "scaled" in listed and "True" in listed
+    assert len(bots.replica_sets("scaled")) == 1, "scaling must not roll the pods"
+    assert (
+        bots.deployment("scaled").spec.template.metadata.annotations["kubechat.dev/config-hash"]
+        == template_hash
+    )
+    kubectl(cluster, "-n", bots.ns, "scale", "chatbot/scaled", "--replicas=0")
+
+    def scaled_to_zero() -> None:
+        assert bots.condition("scaled", "Ready")["reason"] == "ScaledToZero", bots.get("scaled")["status"]
+        assert bots.get("scaled")["status"]["readyReplicas"] == 0
+
+    eventually(scaled_to_zero, timeout=60, what="scaled to zero")
+    assert bots.deployment("scaled").spec.replicas == 0
+
+
+def test_a_prompt_change_rolls_the_pods(bots: Bots) -> None:
+    bots.secret()
+    bots.create(bot_manifest("rolling"))
+    first = bots.ready("rolling", 1)["status"]["configHash"]
+    bots.patch("rolling", {"spec": {"systemPrompt": "You are a different bot."}})
+
+    def rolled() -> None:
+        assert len(bots.replica_sets("rolling")) == 2
+        cm = bots.core.read_namespaced_config_map("rolling-config", bots.ns)
+        assert cm.data["system_prompt"] == "You are a different bot."
+
+    eventually(rolled, timeout=30, what="a new ReplicaSet for the new prompt")
+    bot = bots.ready("rolling", 1)
+    assert bot["status"]["configHash"] != first
+
+
+def test_deleting_a_bot_garbage_collects_its_children(bots: Bots) -> None:
+    bots.secret()
+    bots.create(bot_manifest("doomed"))
+    bots.ready("doomed", 1)
+    bots.custom.delete_namespaced_custom_object(GROUP, VERSION, bots.ns, PLURAL, "doomed")
+
+    def gone() -> None:
+        for read in (
+            lambda: bots.deployment("doomed"),
+            lambda: bots.core.read_namespaced_service("doomed", bots.ns),
+            lambda: bots.core.read_namespaced_config_map("doomed-config", bots.ns),
+        ):
+            try:
+                found = read()
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+            else:
+                raise AssertionError(f"{found.kind} {found.metadata.name} still exists")
+
+    eventually(gone, timeout=60, what="children garbage-collected")
+
+
+def test_children_deleted_or_edited_by_hand_are_put_back(bots: Bots) -> None:
+    bots.secret()
+    bots.create(bot_manifest("sturdy", replicas=2))
+    bots.ready("sturdy", 2)
+    bots.apps.delete_namespaced_deployment("sturdy", bots.ns)
+    eventually(lambda: bots.deployment("sturdy"), timeout=20, what="Deployment restored")
+    bots.ready("sturdy", 2)
+    bots.apps.patch_namespaced_deployment("sturdy", bots.ns, {"spec": {"replicas": 5}})
+    eventually(
+        lambda: _assert_equal(bots.deployment("sturdy").spec.replicas, 2),
+        timeout=20,
+        what="hand-edited replicas put back",
+    )
+    bots.core.delete_namespaced_service("sturdy", bots.ns)
+    eventually(
+        lambda: bots.core.read_namespaced_service("sturdy", bots.ns), timeout=20, what="Service restored"
+    )
+    bots.core.patch_namespaced_config_map("sturdy-config", bots.ns, {"data": {"model": "gpt-3.5-turbo"}})
+    eventually(
+        lambda: _assert_equal(
+            bots.core.read_namespaced_config_map("sturdy-config", bots.ns).data.get("model"), "gpt-4o-mini"
+        ),
+        timeout=20,
+        what="hand-edited ConfigMap put back",
+    )
+    assert any(e.reason == "Restored" for e in bots.events("sturdy"))
+
+
+def _assert_equal(a: object, b: object) -> None:
+    assert a == b, f"{a!r} != {b!r}"
+
+
+def test_a_missing_secret_degrades_the_bot_until_it_appears(bots: Bots) -> None:
+    bots.create(bot_manifest("waiting"))
+
+    def degraded() -> dict[str, Any]:
+        condition = bots.condition("waiting", "Degraded")
+        assert condition["status"] == "True" and condition["reason"] == "SecretNotFound", condition
+        return condition
+
+    condition = eventually(degraded, timeout=30, what="Degraded for the missing Secret")
+    assert "'openai'" in condition["message"]
+    assert bots.condition("waiting", "Ready")["status"] == "False"
+    assert bots.deployment("waiting") is not None  # pods run, not ready, and heal once the Secret exists
+    assert any(e.reason == "SecretNotFound" and e.type == "Warning" for e in bots.events("waiting"))
+    bots.secret(value="sk-secret-value-never-shown")
+    bots.ready("waiting", 1)
+    assert bots.condition("waiting", "Degraded")["status"] == "False"
+    everything = str(bots.get("waiting")) + str([e.message for e in bots.events("waiting")])
+    assert "sk-secret-value-never-shown" not in everything
+
+
+def test_an_unusable_spec_is_reported_not_retried_forever(bots: Bots) -> None:
+    bots.secret()
+    # the CRD cannot know every rule of a pod spec: a service account name must be a DNS subdomain
+    bots.create(bot_manifest("odd", serviceAccountName="Not_A_Name"))
+
+    def reported() -> None:
+        condition = bots.condition("odd", "Ready")
+        assert condition["reason"] == "InvalidSpec" and "serviceAccountName" in condition["message"], (
+            condition
+        )
+
+    eventually(reported, timeout=30, what="InvalidSpec reported")
+    assert any(e.reason == "InvalidSpec" for e in bots.events("odd"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"systemPrompt": "hi", "colour": "red"}, 'unknown field "spec.colour"'),
+        (
+            {"openAI": {"apiKeySecretRef": {"name": "k"}}},
+            "set exactly one of systemPrompt and systemPromptFrom",
+        ),
+        (
+            {
+                "systemPrompt": "hi",
+                "systemPromptFrom": {"configMapKeyRef": {"name": "p", "key": "k"}},
+                "openAI": {"apiKeySecretRef": {"name": "k"}},
+            },
+            "set exactly one of systemPrompt and systemPromptFrom",
+        ),
+        ({"systemPrompt": "   ", "openAI": {"apiKeySecretRef": {"name": "k"}}}, "must not be empty"),
+        ({"systemPrompt": "hi"}, "the bot needs a source for its OpenAI key"),
+        (
+            {
+                "systemPrompt": "hi",
+                "appConfiguration": {
+                    "endpoint": "https://x.azconfig.io",
+                    "connectionStringSecretRef": {"name": "c"},
+                },
+            },
+            "exactly one of endpoint (workload identity) and connectionStringSecretRef",
+        ),
+        ({"systemPrompt": "hi", "appConfiguration": {}}, "exactly one of endpoint"),
+        (
+            {"systemPrompt": "hi", "temperature": 3, "openAI": {"apiKeySecretRef": {"name": "k"}}},
+            "spec.temperature: Invalid value: 3: spec.temperature in body should be less than or equal to 2",
+        ),
+        (
+            {"systemPrompt": "hi", "replicas": -1, "openAI": {"apiKeySecretRef": {"name": "k"}}},
+            "spec.replicas in body should be greater than or equal to 0",
+        ),
+        (
+            {
+                "systemPrompt": "hi",
+                "resources": {"requests": {"cpu": "lots"}},
+                "openAI": {"apiKeySecretRef": {"name": "k"}},
+            },
+            "spec.resources.requests.cpu in body should match",
+        ),
+    ],
+)
+def test_invalid_bots_are_rejected_by_the_api_server(
+    cluster: ClusterInfo, namespace: str, operator: Operator, spec: dict[str, Any], message: str
+) -> None:
+    import json
+
+    manifest = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ChatBot",
+        "metadata": {"name": "bad"},
+        "spec": spec,
+    }
+    done = kubectl(cluster, "-n", namespace, "apply", "-f", "-", stdin=json.dumps(manifest), check=False)
+    assert done.returncode != 0
+    assert message in done.stderr, done.stderr
+
+
+def test_a_bad_name_is_rejected(cluster: ClusterInfo, namespace: str, operator: Operator) -> None:
+    import json
+
+    manifest = bot_manifest("a" * 60)
+    done = kubectl(cluster, "-n", namespace, "apply", "-f", "-", stdin=json.dumps(manifest), check=False)
+    assert "must be a DNS label of at most 58 characters" in done.stderr
+
+
+def test_a_restarted_operator_makes_no_duplicates_and_no_rollout(bots: Bots, operator: Operator) -> None:
+    bots.secret()
+    bots.create(bot_manifest("steady", replicas=2))
+    bots.ready("steady", 2)
+    before = bots.deployment("steady")
+    rs_before = [rs.metadata.name for rs in bots.replica_sets("steady")]
+    operator.stop()
+    operator.start()
+    bots.patch("steady", {"spec": {"replicas": 3}})  # a change only the restarted operator can carry out
+    bots.ready("steady", 3)
+    after = bots.deployment("steady")
+    assert after.metadata.uid == before.metadata.uid
+    hash_key = "kubechat.dev/config-hash"
+    assert (
+        after.spec.template.metadata.annotations[hash_key]
+        == before.spec.template.metadata.annotations[hash_key]
+    )
+    assert [rs.metadata.name for rs in bots.replica_sets("steady")] == rs_before, "no spurious rollout"
+    assert len(bots.apps.list_namespaced_deployment(bots.ns).items) == 1
+    assert len(bots.core.list_namespaced_service(bots.ns).items) == 1

@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from kubechat_operator.render import OperatorDefaults, render, secret_refs, settings_data
+
+
+def bot(**spec: Any) -> dict[str, Any]:
+    base = {
+        "systemPrompt": "Be brief.",
+        "model": "gpt-4o-mini",
+        "replicas": 1,
+        "openAI": {"apiKeySecretRef": {"name": "openai", "key": "apiKey"}},
+    }
+    return {
+        "metadata": {"name": "helpdesk", "namespace": "team", "uid": "u-1", "generation": 1},
+        "spec": base | spec,
+    }
+
+
+def test_children_have_fixed_names_owners_and_labels() -> None:
+    children = render(bot(), OperatorDefaults())
+    names = [(c["kind"], c["metadata"]["name"]) for c in children.all()]
+    assert names == [("ConfigMap", "helpdesk-config"), ("Deployment", "helpdesk"), ("Service", "helpdesk")]
+    for child in children.all():
+        (owner,) = child["metadata"]["ownerReferences"]
+        assert owner["uid"] == "u-1" and owner["controller"] is True and owner["kind"] == "ChatBot"
+        assert child["metadata"]["namespace"] == "team"
+    assert render(bot(), OperatorDefaults()) == children  # rendering is deterministic
+
+
+def test_replicas_scale_without_changing_the_template() -> None:
+    one, five = render(bot(replicas=1), OperatorDefaults()), render(bot(replicas=5), OperatorDefaults())
+    assert five.deployment["spec"]["replicas"] == 5
+    assert one.deployment["spec"]["template"] == five.deployment["spec"]["template"]
+    assert one.config_hash == five.config_hash
+
+
+def test_anything_the_pods_read_changes_the_hash() -> None:
+    base = render(bot(), OperatorDefaults()).config_hash
+    for change in (
+        {"systemPrompt": "Be long."},
+        {"model": "gpt-4.1"},
+        {"temperature": 0.3},
+        {"image": "other:1"},
+        {"openAI": {"apiKeySecretRef": {"name": "other"}}},
+    ):
+        assert render(bot(**change), OperatorDefaults()).config_hash != base, change
+
+
+def test_a_refresh_request_reaches_the_pods_without_a_rollout() -> None:
+    plain = bot()
+    asked = copy.deepcopy(plain)
+    asked["metadata"]["annotations"] = {"kubechat.dev/refresh-requested-at": "2026-11-24T20:00:00Z"}
+    a, b = render(plain, OperatorDefaults()), render(asked, OperatorDefaults())
+    assert b.config_map["data"]["refresh_requested_at"] == "2026-11-24T20:00:00Z"
+    assert a.config_hash == b.config_hash
+    assert a.deployment == b.deployment
+
+
+def test_settings_carry_only_what_the_spec_sets() -> None:
+    data = settings_data(
+        "b",
+        {
+            "systemPrompt": "p",
+            "model": "m",
+            "maxReplyTokens": 300,
+            "temperature": 1.0,
+            "openAI": {"baseUrl": "https://x/v1"},
+        },
+        {},
+    )
+    assert data == {
+        "bot_name": "b",
+        "system_prompt": "p",
+        "model": "m",
+        "max_reply_tokens": "300",
+        "temperature": "1.0",
+        "openai_base_url": "https://x/v1",
+    }
+
+
+def test_the_key_is_a_file_from_an_optional_secret_never_an_env_var() -> None:
+    dep = render(bot(), OperatorDefaults()).deployment
+    pod = dep["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert all("valueFrom" not in e for e in container["env"])
+    sources = pod["volumes"][0]["projected"]["sources"]
+    assert {
+        "secret": {"name": "openai", "items": [{"key": "apiKey", "path": "openai_api_key"}], "optional": True}
+    } in sources
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_prompt_from_a_config_map_and_app_configuration_with_a_connection_string() -> None:
+    spec = bot(
+        systemPromptFrom={"configMapKeyRef": {"name": "prompts", "key": "helpdesk"}},
+        appConfiguration={"connectionStringSecretRef": {"name": "appconf"}, "label": "prd"},
+    )
+    del spec["spec"]["systemPrompt"]
+    del spec["spec"]["openAI"]
+    children = render(spec, OperatorDefaults())
+    pod = children.deployment["spec"]["template"]["spec"]
+    sources = pod["volumes"][0]["projected"]["sources"]
+    assert {
+        "configMap": {"name": "prompts", "items": [{"key": "helpdesk", "path": "system_prompt"}]}
+    } in sources
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    assert (
+        env["KUBECHAT_APPCONFIG_CONNECTION_STRING_FILE"] == "/etc/kubechat/config/appconfig/connection_string"
+    )
+    assert env["KUBECHAT_APPCONFIG_KEY_PREFIX"] == "helpdesk:"
+    assert env["KUBECHAT_APPCONFIG_LABEL"] == "prd"
+    assert "system_prompt" not in children.config_map["data"]
+    assert secret_refs(spec["spec"]) == [("appconf", "connectionString")]
+
+
+def test_workload_identity_pods_get_their_service_account() -> None:
+    spec = bot(serviceAccountName="helpdesk-wi", appConfiguration={"endpoint": "https://s.azconfig.io"})
+    pod = render(spec, OperatorDefaults(image="reg/bot:1", image_pull_policy="Always")).deployment["spec"][
+        "template"
+    ]["spec"]
+    assert pod["serviceAccountName"] == "helpdesk-wi" and pod["automountServiceAccountToken"] is True
+    assert (
+        pod["containers"][0]["image"] == "reg/bot:1" and pod["containers"][0]["imagePullPolicy"] == "Always"
+    )
