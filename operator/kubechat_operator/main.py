@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
+import time
 from collections.abc import Sequence
 
 
@@ -30,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--priority",
         type=int,
         default=None,
-        help="peering priority; default random, so two replicas never tie (tied replicas all pause)",
+        help="peering priority; by default the older replica wins (tied replicas would all pause, "
+        "and a younger one never takes over from a running one)",
     )
     parser.add_argument(
         "--bot-image",
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kopf.run(
         standalone=args.peering is None,
         peering_name=args.peering,
-        priority=args.priority if args.priority is not None else random.randint(1, 2**31),
+        priority=args.priority if args.priority is not None else -time.time_ns() // 1_000_000,
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=None if args.liveness == "none" else args.liveness,

@@ -38,8 +38,8 @@ def kubectl(
 class Operator:
     """``kubechat-operator`` as a real process on the test cluster's kubeconfig."""
 
-    def __init__(self, cluster: ClusterInfo, log: Path) -> None:
-        self.cluster, self.log = cluster, log
+    def __init__(self, cluster: ClusterInfo, log: Path, *args: str) -> None:
+        self.cluster, self.log, self.args = cluster, log, args
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -50,7 +50,16 @@ class Operator:
         }
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "kubechat_operator.main", "--liveness", "none", "--log-level", "info"],
+                [
+                    sys.executable,
+                    "-m",
+                    "kubechat_operator.main",
+                    "--liveness",
+                    "none",
+                    "--log-level",
+                    "info",
+                    *self.args,
+                ],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
