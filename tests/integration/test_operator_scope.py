@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from kubernetes import client
@@ -50,9 +51,11 @@ def test_with_peering_only_the_older_replica_acts(
     custom = client.CustomObjectsApi(kube_api)
 
     def registered(count: int) -> None:
-        peers = custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", namespace).get(
-            "status"
+        peering = cast(
+            dict[str, Any],
+            custom.get_cluster_custom_object("kopf.dev", "v1", "clusterkopfpeerings", namespace),
         )
+        peers = peering.get("status")
         assert len(peers or {}) == count, peers
 
     eventually(lambda: registered(1), timeout=30, what="the first replica registered in the peering")
@@ -87,7 +90,8 @@ def test_a_namespaced_operator_leaves_other_namespaces_alone(
         op.start()
         mine, theirs = Bots(kube_api, namespace), Bots(kube_api, other)
         for bots in (mine, theirs):
-            eventually(lambda b=bots: b.core.read_namespaced_service_account("default", b.ns), timeout=30)
+            account = functools.partial(bots.core.read_namespaced_service_account, "default", bots.ns)
+            eventually(account, timeout=30, what="the namespace's default ServiceAccount")
             bots.secret()
         theirs.create(bot_manifest("outside"))
         mine.create(bot_manifest("inside"))
