@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from chatbot_service import __version__
+from chatbot_service import __version__, appconfig
 from chatbot_service.errors import BadRequest, ChatError, SessionNotFound
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.service import ChatService, TurnResult
@@ -69,9 +69,11 @@ def sse(event: str, data: Mapping[str, Any]) -> bytes:
 def create_app(
     environ: Mapping[str, str] | None = None, load: Callable[[], Mapping[str, str]] | None = None
 ) -> FastAPI:
-    """Build the app; settings come from ``load`` (default: the environment and mounted files)."""
+    """Build the app; settings come from ``load`` (default: the environment, Azure App Configuration
+    when the environment names a store, and mounted files, in that order of precedence)."""
     env = dict(os.environ if environ is None else environ)
-    holder = SettingsHolder(load or (lambda: read_local(env)))
+    source = None if load else appconfig.from_environ(env)
+    holder = SettingsHolder(load or _local_loader(env, source))
     holder.reload()
     initial = holder.current
     store = MemoryStore(
@@ -85,11 +87,15 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if source is not None:
+            source.start(on_loaded=holder.reload)
         reloader = asyncio.create_task(holder.run(reload_interval))
         try:
             yield
         finally:
             reloader.cancel()
+            if source is not None:
+                source.close()
             await upstream.aclose()
 
     app = FastAPI(
@@ -223,6 +229,12 @@ def create_app(
         }
 
     return app
+
+
+def _local_loader(env: Mapping[str, str], source: appconfig.Source | None) -> Callable[[], Mapping[str, str]]:
+    if source is None:
+        return lambda: read_local(env)
+    return lambda: read_local(env, app_configuration=source.values())
 
 
 async def _chat_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Mapping
 
 from chatbot_service.errors import NotReady
@@ -18,6 +19,10 @@ log = logging.getLogger("kubechat.settings")
 Loader = Callable[[], Mapping[str, str]]
 
 
+class Pending(SettingsError):
+    """A source that is still loading (App Configuration at startup): not ready, but no error yet."""
+
+
 class SettingsHolder:
     """Owns the current ``Settings``; ``reload()`` re-reads every source and swaps them atomically."""
 
@@ -26,11 +31,18 @@ class SettingsHolder:
         self._raw: dict[str, str] | None = None
         self.current: Settings | None = None
         self.problems: list[str] = []
+        self._lock = threading.Lock()  # reloads come from the reload loop and from a source that loaded
 
     def reload(self) -> bool:
         """Re-read the sources; True if the settings in force changed."""
+        with self._lock:
+            return self._reload()
+
+    def _reload(self) -> bool:
         try:
             raw = dict(self._load())
+        except SettingsError as exc:  # a source that names its problems (App Configuration, Key Vault)
+            return self._failed(exc.problems, pending=isinstance(exc, Pending))
         except (OSError, ValueError) as exc:
             return self._failed([f"settings could not be read: {exc}"])
         if raw == self._raw and not self.problems:
@@ -50,10 +62,17 @@ class SettingsHolder:
         self.current, self.problems = settings, []
         return changed
 
-    def _failed(self, problems: list[str]) -> bool:
+    def _failed(self, problems: list[str], pending: bool = False) -> bool:
         if problems != self.problems:
             kept = "keeping the last good settings" if self.current else "not ready"
-            log.error("invalid settings (%s): %s", kept, "; ".join(problems))
+            level = logging.INFO if pending else logging.ERROR
+            log.log(
+                level,
+                "%s (%s): %s",
+                "settings pending" if pending else "invalid settings",
+                kept,
+                "; ".join(problems),
+            )
         self.problems = problems
         return False
 

@@ -47,7 +47,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.posting.level = logging.WARNING  # our own Normal events are posted explicitly
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    settings.execution.max_workers = 8
+    settings.execution.max_workers = 32
     memo.kube = Kube(_api_client())
     memo.defaults = OperatorDefaults(
         image=os.environ.get("KUBECHAT_BOT_IMAGE", OperatorDefaults.image),
