@@ -186,7 +186,7 @@ def main() -> int:
 
         latencies = []
         for i in range(args.changes):
-            name = f"bot-{i:03d}"
+            name = f"bot-{i % args.bots:03d}"
             old = apps.read_namespaced_deployment(name, ns).spec.template.metadata.annotations  # type: ignore[union-attr]
             t0 = time.monotonic()
             custom.patch_namespaced_custom_object(

@@ -12,7 +12,9 @@ import datetime
 import json
 import logging
 import os
+import threading
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 import kopf
@@ -56,15 +58,59 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
         ),
     )
     memo.applied = {}  # (kind, namespace, name) -> generation (Deployment) or resourceVersion we wrote
-    memo.statuses = {}  # (namespace, bot) -> the status we last wrote
+    memo.rendered = {}  # (kind, namespace, name) -> the rendering this process last applied
+    memo.states = {}  # (namespace, bot) -> BotState
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def bots(
+async def bots(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[tuple[str | None, str], dict[str, Any]]:
     """Every bot's last seen body, so child events need no extra GET."""
     return {(namespace, name): copy.deepcopy(dict(body))}
+
+
+@dataclass
+class BotState:
+    """What the operator knows of one bot between events; its lock makes status writes one at a time,
+    each computed from the newest Deployment seen, so an older view never overwrites a newer one."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    deployment: dict[str, Any] | None = None
+    problem: tuple[str, str] | None = None
+    status: dict[str, Any] | None = None
+
+
+def _state(memo: kopf.Memo, namespace: str, bot: str) -> BotState:
+    states: dict[tuple[str, str], BotState] = memo.states
+    return states.setdefault((namespace, bot), BotState())
+
+
+def _version(obj: Mapping[str, Any]) -> int:
+    try:
+        return int(obj["metadata"]["resourceVersion"])
+    except (KeyError, ValueError):
+        return 0
+
+
+def remember_deployment(state: BotState, deployment: dict[str, Any]) -> None:
+    if state.deployment is None or _version(deployment) >= _version(state.deployment):
+        state.deployment = deployment
+
+
+def publish_status(memo: kopf.Memo, raw: dict[str, Any]) -> dict[str, Any]:
+    """Write the bot's status if it changed: the only place status is written."""
+    meta = raw["metadata"]
+    state = _state(memo, meta["namespace"], meta["name"])
+    with state.lock:
+        template = ((state.deployment or {}).get("spec") or {}).get("template") or {}
+        digest = (template.get("metadata", {}).get("annotations") or {}).get(HASH_ANNOTATION)
+        previous = state.status or raw.get("status") or {}
+        status = build_status(raw, state.deployment, digest, state.problem, previous, _now())
+        if state.status is None or not same_status(state.status, status):
+            memo.kube.patch_bot_status(meta["namespace"], meta["name"], status)
+            state.status = status
+        return status
 
 
 def _raw(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,20 +127,28 @@ def _missing_secret(kube: Kube, namespace: str, spec: dict[str, Any]) -> tuple[s
     return None
 
 
-def ensure(raw: dict[str, Any], memo: kopf.Memo) -> tuple[dict[str, Any], tuple[str, str] | None, str]:
-    """Render and apply the bot's children; returns (status, problem, config hash)."""
+def ensure(raw: dict[str, Any], memo: kopf.Memo) -> tuple[str, tuple[str, str] | None]:
+    """Render and apply the bot's children; returns (config hash, problem such as a missing Secret).
+
+    A child whose rendering has not changed since this process last applied it is not sent again,
+    unless ``force`` children were seen drifting; after a restart everything is applied once.
+    """
     kube: Kube = memo.kube
     meta, spec = raw["metadata"], raw.get("spec") or {}
     namespace = meta["namespace"]
+    state = _state(memo, namespace, meta["name"])
     problem = _missing_secret(kube, namespace, spec)
     children = render(raw, memo.defaults)
-    deployment: dict[str, Any] | None = None
     try:
         for child in children.all():
-            live = kube.apply(child)
             key = (child["kind"], namespace, child["metadata"]["name"])
+            rendered = json.dumps(child, sort_keys=True)
+            if memo.rendered.get(key) == rendered:
+                continue
+            live = kube.apply(child)
+            memo.rendered[key] = rendered
             if child["kind"] == "Deployment":
-                deployment = live
+                remember_deployment(state, live)
                 memo.applied[key] = live["metadata"].get("generation")
             else:
                 memo.applied[key] = live["metadata"].get("resourceVersion")
@@ -107,8 +161,8 @@ def ensure(raw: dict[str, Any], memo: kopf.Memo) -> tuple[dict[str, Any], tuple[
         raise kopf.TemporaryError(
             f"applying the bot's children failed (HTTP {exc.status}): {message}", delay=5
         ) from None
-    status = build_status(raw, deployment, children.config_hash, problem, raw.get("status") or {}, _now())
-    return status, problem, children.config_hash
+    state.problem = problem
+    return children.config_hash, problem
 
 
 class NamespaceTerminating(Exception):
@@ -125,22 +179,21 @@ def _api_message(exc: client.ApiException) -> str:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
-def reconcile(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
+def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
     """Make the children match the spec; a missing Secret is reported and retried with backoff."""
     raw = _raw(body)
     meta = raw["metadata"]
     previous = raw.get("status") or {}
     try:
-        status, problem, digest = ensure(raw, memo)
+        digest, problem = ensure(raw, memo)
     except NamespaceTerminating:
         return
     except kopf.PermanentError as exc:
-        status = build_status(raw, None, None, ("InvalidSpec", str(exc)), previous, _now())
-        patch.status.update(status)
+        _state(memo, meta["namespace"], meta["name"]).problem = ("InvalidSpec", str(exc))
+        publish_status(memo, raw)
         kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc))
         raise
-    patch.status.update(status)
-    memo.statuses[(meta["namespace"], meta["name"])] = status
+    publish_status(memo, raw)
     if previous.get("configHash") != digest:
         kopf.event(
             body,
@@ -176,10 +229,10 @@ def child_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwar
     key = (kind, namespace, name)
     mark = meta.get("generation") if kind == "Deployment" else meta.get("resourceVersion")
     recorded = memo.applied.get(key)
-    drifted = event["type"] == "DELETED" or (recorded is not None and mark != recorded)
-    if drifted:
+    if event["type"] == "DELETED" or (recorded is not None and mark != recorded):
+        memo.rendered.pop(key, None)  # applied again below, whatever this process applied before
         try:
-            status = ensure(raw, memo)[0]
+            ensure(raw, memo)
         except NamespaceTerminating:
             return
         how = "deleted" if event["type"] == "DELETED" else "changed"
@@ -189,24 +242,8 @@ def child_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwar
             reason="Restored",
             message=f"{kind} {name} was {how} by hand; put it back",
         )
-    elif kind == "Deployment" and event["type"] != "DELETED":
-        digest = (
-            (body.get("spec") or {}).get("template", {}).get("metadata", {}).get("annotations") or {}
-        ).get(HASH_ANNOTATION)
-        status = build_status(
-            raw,
-            _raw(body),
-            digest,
-            None,
-            memo.statuses.get((namespace, bot)) or raw.get("status") or {},
-            _now(),
-        )
+    elif kind == "Deployment":
+        remember_deployment(_state(memo, raw["metadata"]["namespace"], raw["metadata"]["name"]), _raw(body))
     else:
         return
-    last = memo.statuses.get((namespace, bot))
-    if last is not None and same_status(last, status):
-        return
-    if last is not None and any(c["reason"] == "SecretNotFound" for c in last.get("conditions", ())):
-        return  # the bot's own retrying handler owns the status until the Secret appears
-    memo.kube.patch_bot_status(namespace, bot, status)
-    memo.statuses[(namespace, bot)] = status
+    publish_status(memo, raw)
