@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SHARED ?= ../shared
 export TIKTOKEN_CACHE_DIR ?= $(CURDIR)/.cache/tiktoken
 
-.PHONY: setup run chat test lint cluster-up cluster-down
+.PHONY: setup run serve chat test lint cluster-up cluster-down crds
 
 setup: $(VENV)/.installed $(TIKTOKEN_CACHE_DIR)/.seeded
 
@@ -21,7 +21,16 @@ $(TIKTOKEN_CACHE_DIR)/.seeded: $(VENV)/.installed
 	else echo "no $(SHARED)/tiktoken: tiktoken will download its encodings on first use"; mkdir -p $(TIKTOKEN_CACHE_DIR); fi
 	touch $@
 
-run: setup  ## serve a bot on http://127.0.0.1:8080 (settings from OPENAI_API_KEY, OPENAI_BASE_URL, KUBECHAT_*)
+KUBECONFIG_LOCAL := $(CURDIR)/.local-cluster/kubeconfig
+
+run: setup cluster-up crds  ## the operator on the local control plane (Ctrl-C stops it; `make cluster-down` the cluster)
+	KUBECONFIG=$(KUBECONFIG_LOCAL) $(BIN)/kubechat-operator --liveness none
+
+crds:
+	KUBECONFIG=$(KUBECONFIG_LOCAL) kubectl apply --server-side -f crds/
+	KUBECONFIG=$(KUBECONFIG_LOCAL) kubectl wait --for=condition=Established crd/chatbots.kubechat.dev --timeout=60s
+
+serve: setup  ## one bot on http://127.0.0.1:8080 (settings from OPENAI_API_KEY, OPENAI_BASE_URL, KUBECHAT_*)
 	$(BIN)/kubechat serve --host 127.0.0.1 --port 8080
 
 chat: setup  ## chat with a bot in this terminal

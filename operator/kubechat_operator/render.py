@@ -259,7 +259,12 @@ def render(body: dict[str, Any], defaults: OperatorDefaults) -> Children:
     }
     if spec.get("serviceAccountName"):
         pod_spec["serviceAccountName"] = spec["serviceAccountName"]
-    template = {"metadata": {"labels": labels(bot)}, "spec": pod_spec}
+    pod_labels = labels(bot)
+    if (spec.get("appConfiguration") or {}).get("endpoint"):
+        # Azure workload identity: the webhook injects AZURE_CLIENT_ID, AZURE_TENANT_ID and the token file
+        # into pods carrying this label whose service account names the identity.
+        pod_labels["azure.workload.identity/use"] = "true"
+    template = {"metadata": {"labels": pod_labels}, "spec": pod_spec}
     digest = config_hash(data, template)
     template["metadata"]["annotations"] = {HASH_ANNOTATION: digest}
     deployment = {

@@ -123,6 +123,12 @@ def test_workload_identity_pods_get_their_service_account() -> None:
         "template"
     ]["spec"]
     assert pod["serviceAccountName"] == "helpdesk-wi" and pod["automountServiceAccountToken"] is True
+    template = render(spec, OperatorDefaults()).deployment["spec"]["template"]
+    assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    assert (
+        "azure.workload.identity/use"
+        not in render(bot(), OperatorDefaults()).deployment["spec"]["template"]["metadata"]["labels"]
+    )
     assert (
         pod["containers"][0]["image"] == "reg/bot:1" and pod["containers"][0]["imagePullPolicy"] == "Always"
     )
