@@ -29,6 +29,8 @@ run: setup cluster-up crds  ## the operator on the local control plane (Ctrl-C s
 crds:
 	KUBECONFIG=$(KUBECONFIG_LOCAL) kubectl apply --server-side -f crds/
 	KUBECONFIG=$(KUBECONFIG_LOCAL) kubectl wait --for=condition=Established crd/chatbots.kubechat.dev --timeout=60s
+	@# Established comes a moment before the API server can list the new kind; wait for that too.
+	@for i in $$(seq 60); do KUBECONFIG=$(KUBECONFIG_LOCAL) kubectl get chatbots -A >/dev/null 2>&1 && break; sleep 0.5; done
 
 serve: setup  ## one bot on http://127.0.0.1:8080 (settings from OPENAI_API_KEY, OPENAI_BASE_URL, KUBECHAT_*)
 	$(BIN)/kubechat serve --host 127.0.0.1 --port 8080

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import os
+import pathlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Annotated, Any
@@ -15,16 +16,17 @@ from typing import Annotated, Any
 import httpx2
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatbot_service import __version__, appconfig
-from chatbot_service.errors import BadRequest, ChatError, SessionNotFound
+from chatbot_service.errors import BadRequest, ChatError, NotReady, SessionNotFound
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.service import ChatService, TurnResult
-from chatbot_service.sessions import MemoryStore
+from chatbot_service.sessions import SessionStore, Stores
 from chatbot_service.sources import read_local
 from chatbot_service.upstream import Upstream, map_transport_error
 
@@ -33,6 +35,17 @@ log = logging.getLogger("kubechat.http")
 SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 MAX_BODY_BYTES = 1 << 20
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+STATIC_DIR = pathlib.Path(__file__).parent / "static"
+# The chat page and its files: only this origin's own scripts, styles and connections, no inline code.
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
 
 
 class ChatRequest(BaseModel):
@@ -75,14 +88,9 @@ def create_app(
     source = None if load else appconfig.from_environ(env)
     holder = SettingsHolder(load or _local_loader(env, source))
     holder.reload()
-    initial = holder.current
-    store = MemoryStore(
-        max_sessions=initial.session_max_count if initial else 10_000,
-        idle_ttl=initial.session_idle_ttl if initial else 3600.0,
-        max_messages=initial.session_max_messages if initial else 2_000,
-    )
+    stores = Stores()
     upstream = Upstream()
-    service = ChatService(holder, store, upstream)
+    service = ChatService(holder, stores, upstream)
     reload_interval = float(env.get("KUBECHAT_RELOAD_INTERVAL", "5"))
 
     @contextlib.asynccontextmanager
@@ -97,6 +105,13 @@ def create_app(
             if source is not None:
                 source.close()
             await upstream.aclose()
+            await stores.aclose()
+
+    def _store() -> SessionStore:
+        settings = holder.current
+        if settings is None:
+            raise NotReady("the bot's settings are invalid: " + "; ".join(holder.problems))
+        return stores.get(settings)
 
     app = FastAPI(
         title="kubechat bot",
@@ -163,6 +178,10 @@ def create_app(
     async def readyz() -> JSONResponse:
         """Settings loaded and a key present (readiness); names what is missing, never a value."""
         report = holder.readiness()
+        if holder.current is not None and not holder.current.missing():
+            problem = await stores.get(holder.current).check()
+            if problem:
+                report = {**report, "ready": False, "problems": [*holder.problems, problem]}
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
     @app.post("/chat", response_model=ChatReply, tags=["conversations"])
@@ -178,7 +197,7 @@ def create_app(
     @app.get("/sessions/{session_id}", tags=["conversations"])
     async def get_session(session_id: SessionId) -> dict[str, Any]:
         """A session's history, oldest first, with each message's token count."""
-        history = await store.history(session_id)
+        history = await _store().history(session_id)
         if history is None:
             raise SessionNotFound(session_id)
         messages = [{"role": m.role, "content": m.content, "tokens": m.tokens} for m in history]
@@ -187,6 +206,7 @@ def create_app(
     @app.delete("/sessions/{session_id}", status_code=204, tags=["conversations"])
     async def delete_session(session_id: SessionId) -> Response:
         """Reset: forget the session."""
+        store = _store()
         async with store.lock(session_id):
             if not await store.delete(session_id):
                 raise SessionNotFound(session_id)
@@ -228,7 +248,32 @@ def create_app(
             ],
         }
 
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        """The chat page (static files, no build step)."""
+        return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
+
+    @app.get("/info", tags=["page"])
+    async def info() -> dict[str, Any]:
+        """The bot's name and model, for the chat page; never a secret."""
+        settings = holder.current
+        return {
+            "name": settings.bot_name if settings else None,
+            "model": settings.model if settings else None,
+            "ready": holder.readiness()["ready"],
+        }
+
+    app.mount("/static", PageFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+class PageFiles(StaticFiles):
+    """The page's static files, with the page's security headers."""
+
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(PAGE_HEADERS)
+        return response
 
 
 def _local_loader(env: Mapping[str, str], source: appconfig.Source | None) -> Callable[[], Mapping[str, str]]:

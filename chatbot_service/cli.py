@@ -74,7 +74,7 @@ async def chat_loop(stdin: TextIO, stdout: TextIO) -> int:
     from chatbot_service.errors import ChatError
     from chatbot_service.holder import SettingsHolder
     from chatbot_service.service import ChatService
-    from chatbot_service.sessions import MemoryStore
+    from chatbot_service.sessions import Stores
     from chatbot_service.sources import read_local
     from chatbot_service.upstream import Upstream
 
@@ -85,11 +85,9 @@ async def chat_loop(stdin: TextIO, stdout: TextIO) -> int:
         problems = holder.problems or ["no OpenAI API key: set OPENAI_API_KEY"]
         print("kubechat: cannot start: " + "; ".join(problems), file=sys.stderr)
         return 2
-    store = MemoryStore(
-        max_sessions=1, idle_ttl=settings.session_idle_ttl, max_messages=settings.session_max_messages
-    )
+    stores = Stores()
     upstream = Upstream()
-    service = ChatService(holder, store, upstream)
+    service = ChatService(holder, stores, upstream)
     session_id: str | None = None
     total = 0
     stdout.write(

@@ -81,8 +81,9 @@ class SettingsHolder:
         settings = self.current
         if settings is None:
             raise NotReady("the bot's settings are invalid: " + "; ".join(self.problems))
-        if settings.openai_api_key is None:
-            raise NotReady("the bot has no OpenAI API key configured yet")
+        missing = settings.missing()
+        if missing:
+            raise NotReady("the bot is not configured yet: no " + " and no ".join(missing))
         return settings
 
     def readiness(self) -> dict[str, object]:

@@ -10,3 +10,5 @@ def configure(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One "HTTP Request: POST ..." line per upstream call is noise at info level (and costs ~50 us).
+    logging.getLogger("httpx2").setLevel(max(logging.WARNING, logging.getLogger().level))

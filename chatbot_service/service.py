@@ -18,7 +18,7 @@ import httpx2
 from chatbot_service.conversation import Message, Prompt, fit
 from chatbot_service.errors import BadRequest, ChatError, MessageTooLong, SessionNotFound, UpstreamError
 from chatbot_service.holder import SettingsHolder
-from chatbot_service.sessions import SessionStore
+from chatbot_service.sessions import Stores
 from chatbot_service.settings import Settings
 from chatbot_service.tokens import Encoding, get_encoding
 from chatbot_service.upstream import Upstream, map_transport_error
@@ -45,9 +45,9 @@ def new_session_id() -> str:
 
 
 class ChatService:
-    def __init__(self, holder: SettingsHolder, store: SessionStore, upstream: Upstream) -> None:
+    def __init__(self, holder: SettingsHolder, stores: Stores, upstream: Upstream) -> None:
         self.holder = holder
-        self.store = store
+        self.stores = stores
         self.upstream = upstream
         self._system: tuple[Settings, Message] | None = None
 
@@ -92,7 +92,7 @@ class ChatService:
         encoding = self._encoding(settings)
         history: Sequence[Message] = []
         if not new:
-            found = await self.store.history(session_id)
+            found = await self.stores.get(settings).history(session_id)
             if found is None:
                 raise SessionNotFound(session_id)
             history = [m.recounted(encoding) for m in found]
@@ -104,7 +104,7 @@ class ChatService:
         settings = self.holder.require()
         self.check_message(settings, text)
         sid = session_id or new_session_id()
-        async with self.store.lock(sid):
+        async with self.stores.get(settings).lock(sid):
             user, prompt, history = await self._prepare(settings, sid, session_id is None, text)
             body = await self.upstream.complete(settings, self._params(settings, prompt))
             reply = _reply_text(body)
@@ -121,7 +121,7 @@ class ChatService:
         history: Sequence[Message],
     ) -> TurnResult:
         assistant = Message.create(self._encoding(settings), "assistant", reply)
-        await self.store.append(session_id, [user, assistant])
+        await self.stores.get(settings).append(session_id, [user, assistant])
         usage = {
             k: int(v)
             for k, v in (upstream_usage or {}).items()
@@ -141,7 +141,7 @@ class ChatService:
         settings = self.holder.require()
         self.check_message(settings, text)
         sid = session_id or new_session_id()
-        lock = self.store.lock(sid)
+        lock = self.stores.get(settings).lock(sid)
         await lock.__aenter__()
         try:
             user, prompt, history = await self._prepare(settings, sid, session_id is None, text)

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from chatbot_service.conversation import Message
+from chatbot_service.settings import Settings
 
 
 class SessionStore(Protocol):
-    """What the chat service needs from any store (memory now, Redis later)."""
+    """What the chat service needs from any store (in this process, or Redis shared by replicas)."""
 
     async def history(self, session_id: str) -> Sequence[Message] | None:
         """The session's messages, oldest first; None if there is no such session."""
@@ -32,6 +33,12 @@ class SessionStore(Protocol):
 
     def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
         """An async context manager held for a whole turn."""
+
+    async def check(self) -> str | None:
+        """None when the store works; otherwise what is wrong (for ``/readyz``, no secrets)."""
+
+    async def aclose(self) -> None:
+        """Release connections."""
 
 
 @dataclass
@@ -99,6 +106,12 @@ class MemoryStore:
     async def delete(self, session_id: str) -> bool:
         return self._sessions.pop(session_id, None) is not None
 
+    async def check(self) -> str | None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
     def lock(self, session_id: str) -> _RefLock:
         lock = self._locks.get(session_id)
         if lock is None:
@@ -130,3 +143,57 @@ class _RefLock(AbstractAsyncContextManager[None]):
         self._users -= 1
         if self._users == 0:
             self._on_idle()
+
+
+class Stores:
+    """The store the current settings ask for, made on first use and kept while they ask for the same.
+
+    Settings can arrive late (App Configuration loads in the background), so the store is not chosen
+    at start: a bot configured for Redis never serves from memory, not even for a moment. The memory
+    store follows changed limits in place, keeping its sessions.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple[object, ...] | None = None
+        self._store: SessionStore | None = None
+        self._memory: MemoryStore | None = None
+        self._retired: list[SessionStore] = []
+
+    def get(self, settings: Settings) -> SessionStore:
+        if settings.session_store == "memory":
+            if self._memory is None:
+                self._memory = MemoryStore(
+                    max_sessions=settings.session_max_count,
+                    idle_ttl=settings.session_idle_ttl,
+                    max_messages=settings.session_max_messages,
+                )
+            memory = self._memory
+            memory.max_sessions, memory.idle_ttl = settings.session_max_count, settings.session_idle_ttl
+            memory.max_messages = settings.session_max_messages
+            return memory
+        key = (
+            settings.redis_url,
+            settings.bot_name,
+            settings.session_idle_ttl,
+            settings.session_max_messages,
+            settings.lock_ttl,
+        )
+        if self._store is None or key != self._key:
+            from chatbot_service.redis_store import RedisStore
+
+            if self._store is not None:
+                self._retired.append(self._store)  # closed at shutdown: turns in flight may still use it
+            assert settings.redis_url is not None
+            self._store = RedisStore(
+                settings.redis_url.reveal(),
+                namespace=settings.bot_name,
+                idle_ttl=settings.session_idle_ttl,
+                max_messages=settings.session_max_messages,
+                lock_ttl=settings.lock_ttl,
+            )
+            self._key = key
+        return self._store
+
+    async def aclose(self) -> None:
+        for store in [*self._retired, *([self._store] if self._store else [])]:
+            await store.aclose()

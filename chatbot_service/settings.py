@@ -17,7 +17,7 @@ from chatbot_service.conversation import Budget
 from chatbot_service.models import ModelInfo, lookup
 
 #: Keys whose values are secrets: never echoed in errors or logs.
-SECRET_KEYS = frozenset({"openai_api_key"})
+SECRET_KEYS = frozenset({"openai_api_key", "redis_url"})
 
 
 class Secret:
@@ -69,6 +69,8 @@ class Settings:
     session_max_count: int = 10_000
     session_idle_ttl: float = 3600.0
     session_max_messages: int = 2_000
+    session_store: str = "memory"
+    redis_url: Secret | None = None
     bot_name: str = "kubechat"
     ignored_keys: tuple[str, ...] = field(default=(), compare=False)
 
@@ -85,9 +87,18 @@ class Settings:
     def budget(self) -> Budget:
         return Budget(self.max_context_tokens or self.model_info.context_tokens, self.max_reply_tokens)
 
+    @property
+    def lock_ttl(self) -> float:
+        """How long a turn may hold its session: every upstream attempt, plus a margin. A replica that
+        dies mid-turn frees the session after this."""
+        return self.request_timeout * (self.max_retries + 1) + 10
+
     def missing(self) -> list[str]:
         """What the bot still needs before it can answer (for ``/readyz``)."""
-        return [] if self.openai_api_key else ["openai_api_key"]
+        missing = [] if self.openai_api_key else ["openai_api_key"]
+        if self.session_store == "redis" and self.redis_url is None:
+            missing.append("redis_url")
+        return missing
 
 
 def _text(value: str) -> str:
@@ -134,6 +145,18 @@ def _integer(low: int) -> Callable[[str], int]:
     return parse
 
 
+def _store(value: str) -> str:
+    if value.strip() not in ("memory", "redis"):
+        raise ValueError("must be memory or redis")
+    return value.strip()
+
+
+def _redis_url(value: str) -> Secret:
+    if not value.strip().startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("must be a redis://, rediss:// or unix:// URL")
+    return Secret(value.strip())
+
+
 def _encoding(value: str) -> str:
     if value not in ("o200k_base", "cl100k_base"):
         raise ValueError("must be o200k_base or cl100k_base (the encodings this service carries)")
@@ -155,6 +178,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "session_max_count": _integer(1),
     "session_idle_ttl": _number(1),
     "session_max_messages": _integer(2),
+    "session_store": _store,
+    "redis_url": _redis_url,
     "bot_name": _text,
 }
 

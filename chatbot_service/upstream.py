@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx2
 import openai
@@ -54,39 +54,55 @@ class Upstream:
             await self._client.close()
             self._client = None
 
+    async def _post(self, settings: Settings, params: dict[str, Any]) -> httpx2.Response:
+        """POST the request as we built it: ``client.post`` keeps the client's auth, base URL, timeouts,
+        retries and error classes, and skips the SDK's per-message type transform of ``create()``,
+        which cost 0.18 ms a message (43 ms for a 240-message request) for nothing we need."""
+        client = self.client(settings)
+        response: httpx2.Response = await client.post(
+            "/chat/completions", cast_to=httpx2.Response, body=params
+        )
+        return response
+
     async def complete(self, settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
         """One non-streamed completion, returned as the upstream's JSON object."""
-        create = self.client(settings).chat.completions.with_raw_response.create
 
         async def call() -> dict[str, Any]:
-            raw = await create(**params)
-            body: dict[str, Any] = json.loads(raw.http_response.content)
+            body: dict[str, Any] = json.loads((await self._post(settings, params)).content)
             return body
 
         return await _mapped(call, settings)
 
     async def complete_raw(self, settings: Settings, params: dict[str, Any]) -> bytes:
         """One non-streamed completion, the upstream's body bytes as they came (for pass-through)."""
-        create = self.client(settings).chat.completions.with_raw_response.create
 
         async def call() -> bytes:
-            raw = await create(**params)
-            content: bytes = raw.http_response.content
-            return content
+            return (await self._post(settings, params)).content
 
         return await _mapped(call, settings)
 
     @asynccontextmanager
     async def stream(self, settings: Settings, params: dict[str, Any]) -> AsyncIterator[httpx2.Response]:
         """Open a streamed completion: errors before the first byte raise here, mapped; the body
-        is then read from the yielded response (use ``read_errors`` around the reading)."""
+        is then read from the yielded response (transport errors while reading are the caller's)."""
         client = self.client(settings)
-        manager = client.chat.completions.with_streaming_response.create(**params, stream=True)
-        response = await _mapped(manager.__aenter__, settings)
+
+        async def call() -> httpx2.Response:
+            # With cast_to=httpx2.Response the SDK hands the response back unread: the caller reads it.
+            events = await client.post(
+                "/chat/completions",
+                cast_to=httpx2.Response,
+                body={**params, "stream": True},
+                stream=True,
+                stream_cls=openai.AsyncStream[httpx2.Response],
+            )
+            return cast(httpx2.Response, events)  # typed as a stream; at run time the raw response
+
+        response = await _mapped(call, settings)
         try:
-            yield response.http_response
+            yield response
         finally:
-            await manager.__aexit__(None, None, None)
+            await response.aclose()
 
 
 async def _mapped(call: Callable[[], Coroutine[Any, Any, T]], settings: Settings) -> T:

@@ -22,8 +22,15 @@ from kubernetes import client, config
 
 from kubechat_operator import GROUP, PLURAL, VERSION
 from kubechat_operator.kube import Kube
-from kubechat_operator.render import BOT_LABEL, HASH_ANNOTATION, OperatorDefaults, render, secret_refs
-from kubechat_operator.status import build_status, same_status
+from kubechat_operator.render import (
+    BOT_LABEL,
+    HASH_ANNOTATION,
+    OperatorDefaults,
+    render,
+    secret_refs,
+    splits_conversations,
+)
+from kubechat_operator.status import SPLIT_WARNING, build_status, same_status
 
 CHILDREN = {"app.kubernetes.io/managed-by": "kubechat-operator"}
 log = logging.getLogger("kubechat.operator")
@@ -60,6 +67,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.applied = {}  # (kind, namespace, name) -> generation (Deployment) or resourceVersion we wrote
     memo.rendered = {}  # (kind, namespace, name) -> the rendering this process last applied
     memo.states = {}  # (namespace, bot) -> BotState
+    memo.warned = set()  # bots told that in-memory sessions split their conversations
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -194,6 +202,13 @@ def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
         kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc))
         raise
     publish_status(memo, raw)
+    bot_key = (meta["namespace"], meta["name"])
+    if not splits_conversations(raw.get("spec") or {}):
+        memo.warned.discard(bot_key)
+    elif bot_key not in memo.warned:  # once when it starts (and once per operator start), not per change
+        memo.warned.add(bot_key)
+        message = SPLIT_WARNING.removeprefix("; warning: ")
+        kopf.event(body, type="Warning", reason="InMemorySessions", message=message)
     if previous.get("configHash") != digest:
         kopf.event(
             body,

@@ -107,6 +107,9 @@ def settings_data(bot: str, spec: dict[str, Any], annotations: dict[str, str]) -
     base_url = (spec.get("openAI") or {}).get("baseUrl")
     if base_url:
         data["openai_base_url"] = base_url
+    store = (spec.get("sessionStore") or {}).get("type")
+    if store:
+        data["session_store"] = store
     refresh = annotations.get(REFRESH_ANNOTATION)
     if refresh:
         data["refresh_requested_at"] = refresh  # changes a file: pods reload now, without a rollout
@@ -144,6 +147,17 @@ def _projected_sources(bot: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
                 "secret": {
                     "name": key_ref["name"],
                     "items": [{"key": key_ref.get("key", "apiKey"), "path": "openai_api_key"}],
+                    "optional": True,
+                }
+            }
+        )
+    redis_ref = (spec.get("sessionStore") or {}).get("redisUrlSecretRef")
+    if redis_ref:
+        sources.append(
+            {
+                "secret": {
+                    "name": redis_ref["name"],
+                    "items": [{"key": redis_ref.get("key", "url"), "path": "redis_url"}],
                     "optional": True,
                 }
             }
@@ -306,4 +320,14 @@ def secret_refs(spec: dict[str, Any]) -> list[tuple[str, str]]:
     prompt_ref = (spec.get("systemPromptFrom") or {}).get("secretKeyRef")
     if prompt_ref:
         refs.append((prompt_ref["name"], prompt_ref["key"]))
+    redis_ref = (spec.get("sessionStore") or {}).get("redisUrlSecretRef")
+    if redis_ref:
+        refs.append((redis_ref["name"], redis_ref.get("key", "url")))
     return refs
+
+
+def splits_conversations(spec: dict[str, Any]) -> bool:
+    """More than one replica with conversations in each pod's memory: a user's next turn may land on a
+    pod that has never seen the conversation."""
+    store = (spec.get("sessionStore") or {}).get("type", "memory")
+    return int(spec.get("replicas", 1)) > 1 and store == "memory"

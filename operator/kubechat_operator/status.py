@@ -9,7 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kubechat_operator.render import endpoint, selector_string
+from kubechat_operator.render import endpoint, selector_string, splits_conversations
+
+SPLIT_WARNING = (
+    "; warning: conversations are kept in each pod's memory, so with several replicas a user's next turn "
+    "may land on a pod that never saw the conversation: set spec.sessionStore.type to redis"
+)
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,13 @@ def conditions(
             False,
             "PodsNotReady",
             f"0 of {desired} pods pass their readiness probe (/readyz names what is missing)",
+        )
+    if splits_conversations(spec):
+        ready_condition = Condition(
+            ready_condition.type,
+            ready_condition.status,
+            ready_condition.reason,
+            ready_condition.message + SPLIT_WARNING,
         )
     return [ready_condition, progressing, degraded]
 

@@ -218,6 +218,31 @@ def test_a_bot_gets_its_deployment_service_and_config_map(bots: Bots) -> None:
         "Degraded": "False",
     }
     assert any(e.reason == "Applied" for e in bots.events("helpdesk"))
+    # two replicas keeping conversations in memory would split them: said in the condition and an Event
+    assert "set spec.sessionStore.type to redis" in bots.condition("helpdesk", "Ready")["message"]
+    assert any(e.reason == "InMemorySessions" and e.type == "Warning" for e in bots.events("helpdesk"))
+
+
+def test_a_redis_session_store_comes_from_its_secret(bots: Bots) -> None:
+    bots.secret()
+    bots.create(
+        bot_manifest(
+            "shared", replicas=3, sessionStore={"type": "redis", "redisUrlSecretRef": {"name": "redis"}}
+        )
+    )
+
+    def degraded() -> None:
+        condition = bots.condition("shared", "Degraded")
+        assert condition["reason"] == "SecretNotFound" and "'redis'" in condition["message"], condition
+
+    eventually(degraded, timeout=30, what="the missing Redis Secret reported")
+    bots.secret(name="redis", key="url", value="redis://:pw@redis.cache:6379/0")
+    bot = bots.ready("shared", 3)
+    assert "warning" not in bots.condition("shared", "Ready")["message"]
+    cm = bots.core.read_namespaced_config_map("shared-config", bots.ns)
+    assert cm.data["session_store"] == "redis"
+    assert "redis://" not in str(bot) and "redis://" not in str(cm.data)
+    assert not any(e.reason == "InMemorySessions" for e in bots.events("shared"))
 
 
 def test_kubectl_scale_scales_without_a_rollout(bots: Bots, cluster: ClusterInfo) -> None:
@@ -380,6 +405,14 @@ def test_an_unusable_spec_is_reported_not_retried_forever(bots: Bots) -> None:
             "exactly one of endpoint (workload identity) and connectionStringSecretRef",
         ),
         ({"systemPrompt": "hi", "appConfiguration": {}}, "exactly one of endpoint"),
+        (
+            {
+                "systemPrompt": "hi",
+                "openAI": {"apiKeySecretRef": {"name": "k"}},
+                "sessionStore": {"type": "redis"},
+            },
+            "sessionStore.type redis needs sessionStore.redisUrlSecretRef",
+        ),
         (
             {"systemPrompt": "hi", "temperature": 3, "openAI": {"apiKeySecretRef": {"name": "k"}}},
             "spec.temperature: Invalid value: 3: spec.temperature in body should be less than or equal to 2",

@@ -3,7 +3,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from kubechat_operator.render import OperatorDefaults, render, secret_refs, settings_data
+from kubechat_operator.render import (
+    OperatorDefaults,
+    render,
+    secret_refs,
+    settings_data,
+    splits_conversations,
+)
 
 
 def bot(**spec: Any) -> dict[str, Any]:
@@ -132,3 +138,19 @@ def test_workload_identity_pods_get_their_service_account() -> None:
     assert (
         pod["containers"][0]["image"] == "reg/bot:1" and pod["containers"][0]["imagePullPolicy"] == "Always"
     )
+
+
+def test_a_redis_session_store_is_wired_from_its_secret() -> None:
+    spec = bot(
+        replicas=3, sessionStore={"type": "redis", "redisUrlSecretRef": {"name": "redis", "key": "url"}}
+    )
+    children = render(spec, OperatorDefaults())
+    assert children.config_map["data"]["session_store"] == "redis"
+    sources = children.deployment["spec"]["template"]["spec"]["volumes"][0]["projected"]["sources"]
+    assert {
+        "secret": {"name": "redis", "items": [{"key": "url", "path": "redis_url"}], "optional": True}
+    } in sources
+    assert ("redis", "url") in secret_refs(spec["spec"])
+    assert not splits_conversations(spec["spec"])
+    assert splits_conversations(bot(replicas=2)["spec"])
+    assert not splits_conversations(bot(replicas=1)["spec"])

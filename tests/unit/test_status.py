@@ -93,3 +93,15 @@ def test_scaled_to_zero_is_ready_and_says_so() -> None:
         "True",
         "ScaledToZero",
     )
+
+
+def test_several_replicas_with_memory_sessions_are_warned_about() -> None:
+    ready = {c["type"]: c for c in build_status(BOT, deployment(2), "h", None, {}, "t")["conditions"]}[
+        "Ready"
+    ]
+    assert ready["status"] == "True" and "sessionStore.type to redis" in ready["message"]
+    redis = {**BOT, "spec": {"replicas": 2, "sessionStore": {"type": "redis"}}}
+    ready = {c["type"]: c for c in build_status(redis, deployment(2), "h", None, {}, "t")["conditions"]}[
+        "Ready"
+    ]
+    assert "warning" not in ready["message"]

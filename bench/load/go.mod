@@ -1,0 +1,3 @@
+module kubechat.local/bench/load
+
+go 1.22

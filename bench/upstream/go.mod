@@ -1,0 +1,3 @@
+module kubechat.local/bench/upstream
+
+go 1.22
