@@ -542,6 +542,46 @@ class Bench:
             self.profile("kubechat-v1-stream", pid, url, "stream", ["-body", completion_body(True)])
             self.profile("kubechat-chat", pid, base_url + "/chat", "chat", ["-message", CHAT_MESSAGE])
         self.stop_current("kubechat")
+        if self.args.redis:
+            self.redis_rows(env)
+
+    def redis_rows(self, env: dict[str, str]) -> None:
+        """The same /chat session mix with sessions in Redis: what sharing them across replicas costs."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            print("  no redis-server: Redis rows skipped (apt-get install redis-server)", flush=True)
+            return
+        redis_port = free_port()
+        redis_argv = [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(redis_port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
+        redis = self.procs.start(pinned(LOAD_CPU, redis_argv, self.pin), self.logs / "redis.log")
+        time.sleep(0.5)
+        if redis.poll() is not None:
+            raise RuntimeError(f"redis-server did not start; see {self.logs / 'redis.log'}")
+        name = "kubechat, Redis sessions"
+        port = free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        argv = [self.kubechat, "serve", "--host", "127.0.0.1", "--port", str(port)]
+        argv += ["--log-level", self.args.log_level]
+        redis_env = {
+            **env,
+            "KUBECHAT_SESSION_STORE": "redis",
+            "KUBECHAT_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        }
+        pid = self.start_python(name, argv, redis_env, "/readyz", port)
+        self.prime(name, pid, base_url + "/v1/chat/completions")
+        self.measure(name, base_url, "/chat", "chat", "plain", pid)
+        self.stop_current(name)
+        self.procs.stop(redis)
 
 
 # -- output --------------------------------------------------------------------------------
@@ -723,6 +763,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--tiktoken-from", type=Path, default=REPO.parent / "shared" / "tiktoken", help="encodings to seed"
     )
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not use taskset")
+    parser.add_argument(
+        "--no-redis",
+        dest="redis",
+        action="store_false",
+        help="skip the /chat rows with sessions in Redis (redis-server, on the load generator's CPU)",
+    )
     parser.add_argument("--logs", type=Path, help="keep the servers' logs in this folder")
     args = parser.parse_args(argv)
     if args.pin and (shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2):

@@ -11,7 +11,7 @@ import os
 import pathlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx2
 from fastapi import FastAPI, Path, Request
@@ -22,13 +22,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from chatbot_service import __version__, appconfig
+from chatbot_service import __version__
 from chatbot_service.errors import BadRequest, ChatError, NotReady, SessionNotFound
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.service import ChatService, TurnResult
 from chatbot_service.sessions import SessionStore, Stores
 from chatbot_service.sources import read_local
+from chatbot_service.tokens import get_encoding
 from chatbot_service.upstream import Upstream, map_transport_error
+
+if TYPE_CHECKING:
+    from chatbot_service.appconfig import Source
 
 log = logging.getLogger("kubechat.http")
 
@@ -85,7 +89,7 @@ def create_app(
     """Build the app; settings come from ``load`` (default: the environment, Azure App Configuration
     when the environment names a store, and mounted files, in that order of precedence)."""
     env = dict(os.environ if environ is None else environ)
-    source = None if load else appconfig.from_environ(env)
+    source = None if load else _app_configuration(env)
     holder = SettingsHolder(load or _local_loader(env, source))
     holder.reload()
     stores = Stores()
@@ -97,6 +101,8 @@ def create_app(
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if source is not None:
             source.start(on_loaded=holder.reload)
+        if holder.current is not None:  # load the tokenizer now, not on the first user's request (~0.3 s)
+            await asyncio.to_thread(get_encoding, holder.current.model_info.encoding)
         reloader = asyncio.create_task(holder.run(reload_interval))
         try:
             yield
@@ -276,7 +282,17 @@ class PageFiles(StaticFiles):
         return response
 
 
-def _local_loader(env: Mapping[str, str], source: appconfig.Source | None) -> Callable[[], Mapping[str, str]]:
+def _app_configuration(env: Mapping[str, str]) -> Source | None:
+    """The App Configuration source the environment asks for; the Azure SDKs (~24 MB, a slow import)
+    are loaded only then."""
+    if not any(name.startswith("KUBECHAT_APPCONFIG_") for name in env):
+        return None
+    from chatbot_service import appconfig
+
+    return appconfig.from_environ(env)
+
+
+def _local_loader(env: Mapping[str, str], source: Source | None) -> Callable[[], Mapping[str, str]]:
     if source is None:
         return lambda: read_local(env)
     return lambda: read_local(env, app_configuration=source.values())

@@ -111,3 +111,21 @@ def test_serve_answers_over_http(served: str) -> None:
 def test_cli_usage_errors_are_messages() -> None:
     done = subprocess.run(kubechat("serve", "--port", "x"), capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and "invalid int value" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "loaded"), [({}, False), ({"KUBECHAT_APPCONFIG_ENDPOINT": "https://s.azconfig.io"}, True)]
+)
+def test_the_azure_sdks_load_only_for_bots_that_use_app_configuration(
+    process_env: dict[str, str], extra: dict[str, str], loaded: bool
+) -> None:
+    code = (
+        "import os, sys\n"
+        "from chatbot_service.app import create_app\n"
+        "create_app(environ=dict(os.environ))\n"
+        "print('azure.appconfiguration.provider' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env={**process_env, **extra}, capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.strip() == str(loaded), done.stderr
