@@ -123,58 +123,12 @@ def _projected_sources(bot: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
     ``/readyz`` says what is missing) instead of stuck, and it heals once the Secret appears.
     """
     sources: list[dict[str, Any]] = [{"configMap": {"name": config_map_name(bot)}}]
-    prompt_from = spec.get("systemPromptFrom") or {}
-    if "configMapKeyRef" in prompt_from:
-        ref = prompt_from["configMapKeyRef"]
-        sources.append(
-            {"configMap": {"name": ref["name"], "items": [{"key": ref["key"], "path": "system_prompt"}]}}
-        )
-    if "secretKeyRef" in prompt_from:
-        ref = prompt_from["secretKeyRef"]
-        sources.append(
-            {
-                "secret": {
-                    "name": ref["name"],
-                    "items": [{"key": ref["key"], "path": "system_prompt"}],
-                    "optional": True,
-                }
-            }
-        )
-    key_ref = (spec.get("openAI") or {}).get("apiKeySecretRef")
-    if key_ref:
-        sources.append(
-            {
-                "secret": {
-                    "name": key_ref["name"],
-                    "items": [{"key": key_ref.get("key", "apiKey"), "path": "openai_api_key"}],
-                    "optional": True,
-                }
-            }
-        )
-    redis_ref = (spec.get("sessionStore") or {}).get("redisUrlSecretRef")
-    if redis_ref:
-        sources.append(
-            {
-                "secret": {
-                    "name": redis_ref["name"],
-                    "items": [{"key": redis_ref.get("key", "url"), "path": "redis_url"}],
-                    "optional": True,
-                }
-            }
-        )
-    conn_ref = (spec.get("appConfiguration") or {}).get("connectionStringSecretRef")
-    if conn_ref:
-        sources.append(
-            {
-                "secret": {
-                    "name": conn_ref["name"],
-                    "items": [
-                        {"key": conn_ref.get("key", "connectionString"), "path": CONNECTION_STRING_PATH}
-                    ],
-                    "optional": True,
-                }
-            }
-        )
+    prompt_map = (spec.get("systemPromptFrom") or {}).get("configMapKeyRef")
+    if prompt_map:
+        items = [{"key": prompt_map["key"], "path": "system_prompt"}]
+        sources.append({"configMap": {"name": prompt_map["name"], "items": items}})
+    for name, key, path in secret_mounts(spec):
+        sources.append({"secret": {"name": name, "items": [{"key": key, "path": path}], "optional": True}})
     return sources
 
 
@@ -308,22 +262,28 @@ def render(body: dict[str, Any], defaults: OperatorDefaults) -> Children:
     return Children(config_map, deployment, service, digest)
 
 
+def secret_mounts(spec: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(Secret name, key, file in the config dir) for every Secret the bot reads: one table serves the
+    mounts and the check that the Secrets exist."""
+    mounts = []
+    for ref, default_key, path in (
+        ((spec.get("systemPromptFrom") or {}).get("secretKeyRef"), "", "system_prompt"),
+        ((spec.get("openAI") or {}).get("apiKeySecretRef"), "apiKey", "openai_api_key"),
+        ((spec.get("sessionStore") or {}).get("redisUrlSecretRef"), "url", "redis_url"),
+        (
+            (spec.get("appConfiguration") or {}).get("connectionStringSecretRef"),
+            "connectionString",
+            CONNECTION_STRING_PATH,
+        ),
+    ):
+        if ref:
+            mounts.append((ref["name"], ref.get("key", default_key), path))
+    return mounts
+
+
 def secret_refs(spec: dict[str, Any]) -> list[tuple[str, str]]:
     """(Secret name, key) pairs the bot cannot work without."""
-    refs = []
-    key_ref = (spec.get("openAI") or {}).get("apiKeySecretRef")
-    if key_ref:
-        refs.append((key_ref["name"], key_ref.get("key", "apiKey")))
-    conn_ref = (spec.get("appConfiguration") or {}).get("connectionStringSecretRef")
-    if conn_ref:
-        refs.append((conn_ref["name"], conn_ref.get("key", "connectionString")))
-    prompt_ref = (spec.get("systemPromptFrom") or {}).get("secretKeyRef")
-    if prompt_ref:
-        refs.append((prompt_ref["name"], prompt_ref["key"]))
-    redis_ref = (spec.get("sessionStore") or {}).get("redisUrlSecretRef")
-    if redis_ref:
-        refs.append((redis_ref["name"], redis_ref.get("key", "url")))
-    return refs
+    return [(name, key) for name, key, _ in secret_mounts(spec)]
 
 
 def splits_conversations(spec: dict[str, Any]) -> bool:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from tests.cluster.polling import eventually
 from tests.integration.conftest import API_KEY
 from tests.support.fake_openai import FakeOpenAI, Fault
 from tests.support.redis_server import RedisServer
-from tests.support.servers import free_port
+from tests.support.servers import assert_serialized, concurrent_turns, free_port
 
 PASSWORD = "redis-pass-7c1e"
 
@@ -126,22 +125,9 @@ def test_concurrent_turns_on_one_session_from_two_replicas_are_serialized(
     sid = a.chat("start").json()["session_id"]
     for _ in range(6):
         upstream.fail_next(Fault(delay=0.1))  # each turn takes a while: overlaps would show
-    statuses: list[int] = []
-
-    def send(bot: Bot, i: int) -> None:
-        statuses.append(bot.chat(f"m{i}", sid).status_code)
-
-    threads = [threading.Thread(target=send, args=((a, b)[i % 2], i)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert statuses == [200] * 6
-    history = httpx2.get(f"{a.url}/sessions/{sid}").json()["messages"]
+    history = concurrent_turns([a.url, b.url], sid, 6)
     assert len(history) == 14
-    for i in range(0, 14, 2):  # strictly alternating; every reply saw everything before it
-        assert history[i]["role"] == "user"
-        assert history[i + 1]["content"] == f"{i + 2} messages; last: {history[i]['content']}"
+    assert_serialized(history)
 
 
 def test_redis_down_is_a_clear_503_and_heals_with_the_conversation_intact(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from typing import Any
 
 import httpx2
@@ -14,7 +13,7 @@ import tiktoken
 from chatbot_service.tokens import count_message
 from tests.integration.conftest import API_KEY, BotFactory
 from tests.support.fake_openai import FakeOpenAI, Fault, prompt_tokens
-from tests.support.servers import ThreadedServer
+from tests.support.servers import ThreadedServer, assert_serialized, concurrent_turns
 
 
 def post(bot: ThreadedServer, path: str, body: Any, **kw: Any) -> httpx2.Response:
@@ -215,23 +214,9 @@ def test_concurrent_turns_on_one_session_are_serialized(bot: ThreadedServer, ups
     sid = post(bot, "/chat", {"message": "start"}).json()["session_id"]
     for _ in range(6):
         upstream.fail_next(Fault(delay=0.05))  # widen the window in which turns could interleave
-    results: list[int] = []
-
-    def send(i: int) -> None:
-        results.append(post(bot, "/chat", {"message": f"m{i}", "session_id": sid}).status_code)
-
-    threads = [threading.Thread(target=send, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == [200] * 6
-    history = httpx2.get(f"{bot.url}/sessions/{sid}").json()["messages"]
+    history = concurrent_turns([bot.url], sid, 6)
     assert len(history) == 14
-    # strictly alternating, and each reply saw every earlier message: no interleaving
-    for i in range(0, 14, 2):
-        assert history[i]["role"] == "user" and history[i + 1]["role"] == "assistant"
-        assert history[i + 1]["content"] == f"{i + 2} messages; last: {history[i]['content']}"
+    assert_serialized(history)
 
 
 # -- /v1/chat/completions -------------------------------------------------------------------

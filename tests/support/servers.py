@@ -53,3 +53,32 @@ def serving(app: Any, **config: Any) -> Iterator[ThreadedServer]:
         yield server
     finally:
         server.stop()
+
+
+def concurrent_turns(base_urls: list[str], session_id: str, count: int) -> list[dict[str, Any]]:
+    """``count`` /chat turns on one session at once, spread over ``base_urls`` (replicas); asserts they
+    all succeeded and returns the session's history afterwards."""
+    import httpx2
+
+    statuses: list[int] = []
+
+    def send(i: int) -> None:
+        url = base_urls[i % len(base_urls)]
+        reply = httpx2.post(url + "/chat", json={"message": f"m{i}", "session_id": session_id}, timeout=30)
+        statuses.append(reply.status_code)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * count
+    history: list[dict[str, Any]] = httpx2.get(f"{base_urls[0]}/sessions/{session_id}").json()["messages"]
+    return history
+
+
+def assert_serialized(history: list[dict[str, Any]]) -> None:
+    """Strictly alternating, and every reply of the fake upstream saw every message before it."""
+    for i in range(0, len(history), 2):
+        assert history[i]["role"] == "user" and history[i + 1]["role"] == "assistant"
+        assert history[i + 1]["content"] == f"{i + 2} messages; last: {history[i]['content']}"
