@@ -152,7 +152,11 @@ class ChatService:
         except BaseException:
             await lock.__aexit__(None, None, None)
             raise
-        return self._relay(settings, sid, user, prompt, history, lock, stream, response)
+        relay = self._relay(settings, sid, user, prompt, history, lock, stream, response)
+        # Step into the relay's try block now: a generator that never started would not run its finally
+        # if the client left before the body was sent, and the session would stay locked.
+        first = await relay.__anext__()
+        return _prepended(first, relay)
 
     async def _relay(
         self,
@@ -221,6 +225,14 @@ class ChatService:
             if request.get(name) is not None:
                 params[name] = request[name]
         return params, prompt
+
+
+async def _prepended(
+    first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]
+) -> AsyncIterator[dict[str, Any]]:
+    yield first
+    async for event in rest:
+        yield event
 
 
 _PASSED_THROUGH = (

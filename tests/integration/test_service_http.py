@@ -210,6 +210,21 @@ def test_a_stream_broken_midway_records_nothing(bot: ThreadedServer, upstream: F
     assert len(httpx2.get(f"{bot.url}/sessions/{sid}").json()["messages"]) == 2
 
 
+def test_a_client_leaving_mid_stream_frees_the_session_and_records_nothing(
+    bot: ThreadedServer, upstream: FakeOpenAI
+) -> None:
+    sid = post(bot, "/chat", {"message": "first"}).json()["session_id"]
+    upstream.fail_next(Fault(chunk_delay=0.3))
+    body = {"message": "slow one", "session_id": sid, "stream": True}
+    with httpx2.stream("POST", bot.url + "/chat", json=body, timeout=10) as response:
+        assert next(response.iter_lines()).startswith("event: session")
+    # the client has gone; the session must not stay locked, and the unfinished turn is not kept
+    after = post(bot, "/chat", {"message": "next", "session_id": sid})
+    assert after.status_code == 200, after.text
+    contents = [m["content"] for m in httpx2.get(f"{bot.url}/sessions/{sid}").json()["messages"]]
+    assert "slow one" not in contents and contents[-2] == "next"
+
+
 def test_concurrent_turns_on_one_session_are_serialized(bot: ThreadedServer, upstream: FakeOpenAI) -> None:
     sid = post(bot, "/chat", {"message": "start"}).json()["session_id"]
     for _ in range(6):

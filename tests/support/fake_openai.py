@@ -54,6 +54,7 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     break_stream_after: int | None = None
+    chunk_delay: float = 0.0
 
 
 @dataclass
@@ -132,6 +133,7 @@ class FakeOpenAI:
         pieces = [p + " " for p in answer.split(" ")]
         pieces[-1] = pieces[-1][:-1]
         break_after = fault.break_stream_after if fault else None
+        chunk_delay = fault.chunk_delay if fault else 0.0
 
         async def events() -> Any:
             def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -148,6 +150,8 @@ class FakeOpenAI:
             for i, piece in enumerate(pieces):
                 if break_after is not None and i >= break_after:
                     raise ConnectionResetError("scripted break mid-stream")
+                if chunk_delay:
+                    await asyncio.sleep(chunk_delay)
                 yield chunk({"content": piece})
             yield chunk({}, "stop")
             if include_usage:
