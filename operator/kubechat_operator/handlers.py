@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -58,6 +59,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.watching.client_timeout = 330
     settings.execution.max_workers = 32
     memo.kube = Kube(_api_client())
+    memo.lookups = ThreadPoolExecutor(max_workers=8, thread_name_prefix="secret-check")
     memo.defaults = OperatorDefaults(
         image=os.environ.get("KUBECHAT_BOT_IMAGE", OperatorDefaults.image),
         image_pull_policy=os.environ.get(
@@ -139,13 +141,14 @@ def ensure(raw: dict[str, Any], memo: kopf.Memo) -> tuple[str, tuple[str, str] |
     """Render and apply the bot's children; returns (config hash, problem such as a missing Secret).
 
     A child whose rendering has not changed since this process last applied it is not sent again,
-    unless ``force`` children were seen drifting; after a restart everything is applied once.
+    unless it was seen drifting; after a restart everything is applied once.
     """
     kube: Kube = memo.kube
     meta, spec = raw["metadata"], raw.get("spec") or {}
     namespace = meta["namespace"]
     state = _state(memo, namespace, meta["name"])
-    problem = _missing_secret(kube, namespace, spec)
+    # the Secret check runs beside the applies: it decides the status, not what is applied
+    pending = memo.lookups.submit(_missing_secret, kube, namespace, spec)
     children = render(raw, memo.defaults)
     try:
         for child in children.all():
@@ -169,6 +172,7 @@ def ensure(raw: dict[str, Any], memo: kopf.Memo) -> tuple[str, tuple[str, str] |
         raise kopf.TemporaryError(
             f"applying the bot's children failed (HTTP {exc.status}): {message}", delay=5
         ) from None
+    problem = pending.result()
     state.problem = problem
     return children.config_hash, problem
 
