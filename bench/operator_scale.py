@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -77,6 +78,8 @@ def bot(name: str, replicas: int) -> dict[str, Any]:
 
 
 def main() -> int:
+    # `timeout` and Ctrl-C end the run through the finally below, which stops the operator and the cluster.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bots", type=int, default=200)
     parser.add_argument("--parallel", type=int, default=16)

@@ -32,6 +32,7 @@ class Component:
     upstream: str
     package: str
     stamp_k8s_version: bool = False
+    stamp_helm_version: bool = False
 
     @property
     def version(self) -> str:
@@ -56,8 +57,16 @@ COMPONENTS: dict[str, Component] = {
         _k8s("kube-controller-manager"),
         _k8s("kube-scheduler"),
         Component("kwok", HERE / "kwok", "sigs.k8s.io/kwok", "sigs.k8s.io/kwok/cmd/kwok"),
+        # Not run by the cluster: tests/integration/test_chart.py lints and renders charts/kubechat with it.
+        Component(
+            "helm", HERE / "helm", "helm.sh/helm/v3", "helm.sh/helm/v3/cmd/helm", stamp_helm_version=True
+        ),
     )
 }
+
+
+#: What `localcluster up` runs; the other rows (helm) are built on demand or by `build` with no names.
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 
 
 def cache_dir() -> Path:
@@ -86,6 +95,14 @@ def ldflags(component: Component) -> str:
             f"-X {prefix}.gitMajor={major}",
             f"-X {prefix}.gitMinor={minor}",
         ]
+    if component.stamp_helm_version:
+        # As helm's own Makefile does: the version `helm version` prints, and the Kubernetes version that
+        # `helm lint`/`helm template` assume (.Capabilities) taken from the client-go it is built with.
+        client_go = module_version(component.module_dir, "k8s.io/client-go").lstrip("v").split(".")
+        k8s_major, k8s_minor = str(int(client_go[0]) + 1), client_go[1]
+        flags.append(f"-X helm.sh/helm/v3/internal/version.version={component.version}")
+        for pkg in ("helm.sh/helm/v3/pkg/lint/rules", "helm.sh/helm/v3/pkg/chartutil"):
+            flags += [f"-X {pkg}.k8sVersionMajor={k8s_major}", f"-X {pkg}.k8sVersionMinor={k8s_minor}"]
     return " ".join(flags)
 
 

@@ -120,7 +120,7 @@ class LocalCluster:
     # ---- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> ClusterInfo:
         """Build missing binaries, then bring every component up in dependency order; all or nothing."""
-        binaries = build.ensure_built()
+        binaries = build.ensure_built(build.CONTROL_PLANE)
         stages = build.ensure_kwok_stages()
         try:
             self._start(binaries, stages)

@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+# The chat service (`kubechat serve`), the image the operator runs for every bot. Build from the repo root
+# with the tiktoken encodings seeded into the context first (docs/install.md, "Images"):
+#   kubechat seed-encodings --from ../shared/tiktoken --to images/tiktoken
+#   docker build -f images/chatbot.Dockerfile -t kubechat/chatbot:0.1.0 .
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY chatbot_service/ chatbot_service/
+COPY operator/ operator/
+# The wheel, then a venv with it and its dependencies, installed by the builder's pip so the venv
+# carries no pip (all dependencies ship wheels: no compiler needed).
+RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
+    && python -m venv --without-pip /opt/kubechat \
+    && python -m pip --python /opt/kubechat/bin/python install /wheels/kubechat-*.whl
+
+FROM ${PYTHON_IMAGE}
+ARG VERSION=0.1.0
+ARG SOURCE=""
+ARG REVISION=""
+LABEL org.opencontainers.image.title="kubechat-chatbot" \
+      org.opencontainers.image.description="kubechat chat service: one ChatBot's HTTP API and chat page" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
+# uid 10001, numeric in USER so that runAsNonRoot can check it; the operator's pods run as it too.
+RUN groupadd --system --gid 10001 kubechat \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin kubechat
+COPY --from=builder /opt/kubechat /opt/kubechat
+# tiktoken would download its encodings on first use; pods may have no way out, so they travel here.
+COPY images/tiktoken/ /opt/kubechat/tiktoken/
+# DL3064 takes TIKTOKEN_CACHE_DIR for a secret by its name; it is a folder of public encodings.
+# hadolint ignore=DL3064
+ENV PATH=/opt/kubechat/bin:$PATH \
+    TIKTOKEN_CACHE_DIR=/opt/kubechat/tiktoken \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+USER 10001:10001
+EXPOSE 8080
+# The operator renders `args: [serve, --host, 0.0.0.0, --port, "8080"]`: the entrypoint must be kubechat.
+ENTRYPOINT ["kubechat"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8080"]
