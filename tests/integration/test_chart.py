@@ -26,7 +26,8 @@ from tests.cluster import build
 from tests.cluster.components import free_ports
 from tests.cluster.localcluster import ClusterInfo
 from tests.cluster.polling import eventually
-from tests.integration.test_operator import REPO, Bots, Operator, bot_manifest, kubectl
+from tests.integration.test_operator import Bots, bot_manifest
+from tests.support.operator import REPO, Operator, install_crds, kubectl
 
 pytestmark = pytest.mark.cluster
 
@@ -231,17 +232,8 @@ def test_values_reach_the_pods(helm: Callable[..., str]) -> None:
 # ---- against the API server ----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def crds(cluster: ClusterInfo) -> None:
-    """The chart's CRDs (what `helm install` would create first), then wait until they are served."""
-    kubectl(cluster, "apply", "--server-side", "-f", str(CHART / "crds"))
-    kubectl(
-        cluster,
-        "wait",
-        "--for=condition=Established",
-        "crd/chatbots.kubechat.dev",
-        "crd/clusterkopfpeerings.kopf.dev",
-        "crd/kopfpeerings.kopf.dev",
-        "--timeout=60s",
-    )
+    """The chart's CRDs (what `helm install` would create first), served before anything uses them."""
+    install_crds(cluster, CHART / "crds")
 
 
 def apply(cluster: ClusterInfo, docs: list[Manifest], *flags: str) -> str:

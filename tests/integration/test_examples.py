@@ -12,7 +12,7 @@ from kubernetes import client
 
 from tests.cluster.localcluster import ClusterInfo
 from tests.cluster.polling import eventually
-from tests.integration.test_operator import REPO, kubectl
+from tests.support.operator import REPO, kubectl
 
 pytestmark = pytest.mark.cluster
 

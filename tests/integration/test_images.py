@@ -27,8 +27,9 @@ from tests.cluster import build
 from tests.cluster.localcluster import ClusterInfo
 from tests.cluster.polling import eventually
 from tests.conftest import SHARED
-from tests.integration.test_operator import CRD, REPO, bot_manifest, kubectl
+from tests.integration.test_operator import bot_manifest
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.operator import REPO, install_crds
 from tests.support.servers import free_port
 
 IMAGES = REPO / "images"
@@ -284,8 +285,7 @@ def test_kubechat_operator_help(built: Built) -> None:
 def test_the_installed_operator_serves_a_bot_and_stops_cleanly_on_sigterm(
     built: Built, cluster: ClusterInfo, kube_api: Any, namespace: str, tmp_path: Path
 ) -> None:
-    kubectl(cluster, "apply", "--server-side", "-f", str(CRD))
-    kubectl(cluster, "wait", "--for=condition=Established", "crd/chatbots.kubechat.dev", "--timeout=60s")
+    install_crds(cluster)
     health = f"http://127.0.0.1:{free_port()}/healthz"
     log = tmp_path / "operator.log"
     with log.open("wb") as out:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -15,74 +11,16 @@ from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.localcluster import ClusterInfo
 from tests.cluster.polling import eventually
+from tests.support.operator import Operator, install_crds, kubectl
 
 pytestmark = pytest.mark.cluster
 
-REPO = Path(__file__).resolve().parents[2]
-CRD = REPO / "crds" / "chatbots.kubechat.dev.yaml"
 GROUP, VERSION, PLURAL = "kubechat.dev", "v1alpha1", "chatbots"
-
-
-def kubectl(
-    cluster: ClusterInfo, *args: str, stdin: str | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
-    done = subprocess.run(
-        ["kubectl", *args], input=stdin, env=env, capture_output=True, text=True, timeout=60
-    )
-    if check and done.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed: {done.stderr}")
-    return done
-
-
-class Operator:
-    """``kubechat-operator`` as a real process on the test cluster's kubeconfig."""
-
-    def __init__(self, cluster: ClusterInfo, log: Path, *args: str) -> None:
-        self.cluster, self.log, self.args = cluster, log, args
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {
-            **os.environ,
-            "KUBECONFIG": str(self.cluster.kubeconfig),
-            "KUBECHAT_BOT_IMAGE": "kubechat/chatbot:test",
-        }
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "kubechat_operator.main",
-                    "--liveness",
-                    "none",
-                    "--log-level",
-                    "info",
-                    *self.args,
-                ],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 @pytest.fixture(scope="module")
 def operator(cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    kubectl(cluster, "apply", "--server-side", "-f", str(CRD))
-    kubectl(cluster, "wait", "--for=condition=Established", "crd/chatbots.kubechat.dev", "--timeout=60s")
+    install_crds(cluster)
     op = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
     op.start()
     try:

@@ -12,23 +12,15 @@ from kubernetes import client
 
 from tests.cluster.localcluster import ClusterInfo
 from tests.cluster.polling import eventually
-from tests.integration.test_operator import CRD, REPO, Bots, Operator, bot_manifest, kubectl
+from tests.integration.test_operator import Bots, bot_manifest
+from tests.support.operator import Operator, install_crds, kubectl
 
 pytestmark = pytest.mark.cluster
-PEERING_CRDS = REPO / "crds" / "kopf-peering.yaml"
 
 
 @pytest.fixture(scope="module")
 def crds(cluster: ClusterInfo) -> None:
-    kubectl(cluster, "apply", "--server-side", "-f", str(CRD), "-f", str(PEERING_CRDS))
-    kubectl(
-        cluster,
-        "wait",
-        "--for=condition=Established",
-        "crd/chatbots.kubechat.dev",
-        "crd/clusterkopfpeerings.kopf.dev",
-        "--timeout=60s",
-    )
+    install_crds(cluster)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 
 from tests.cluster.localcluster import ClusterInfo
 from tests.cluster.polling import eventually
-from tests.integration.test_operator import CRD, REPO, Operator, kubectl
+from tests.support.operator import REPO, Operator, install_crds, kubectl
 
 pytestmark = pytest.mark.cluster
 
@@ -29,7 +29,7 @@ def quickstart_commands() -> list[str]:
 
 @pytest.fixture
 def operator(cluster: ClusterInfo, tmp_path: Path) -> Iterator[Operator]:
-    kubectl(cluster, "apply", "--server-side", "-f", str(CRD))
+    install_crds(cluster)
     op = Operator(cluster, tmp_path / "operator.log")
     op.start()
     try:

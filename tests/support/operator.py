@@ -1,0 +1,81 @@
+"""The operator and kubectl as real processes against a test cluster, shared by the cluster tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.cluster.localcluster import ClusterInfo
+from tests.cluster.polling import eventually
+
+REPO = Path(__file__).resolve().parents[2]
+CRDS = REPO / "crds"
+
+
+def kubectl(
+    cluster: ClusterInfo, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
+    done = subprocess.run(
+        ["kubectl", *args], input=stdin, env=env, capture_output=True, text=True, timeout=60
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed: {done.stderr}")
+    return done
+
+
+class Operator:
+    """``kubechat-operator`` as a real process on the test cluster's kubeconfig."""
+
+    def __init__(self, cluster: ClusterInfo, log: Path, *args: str) -> None:
+        self.cluster, self.log, self.args = cluster, log, args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.cluster.kubeconfig),
+            "KUBECHAT_BOT_IMAGE": "kubechat/chatbot:test",
+        }
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "kubechat_operator.main",
+                    "--liveness",
+                    "none",
+                    "--log-level",
+                    "info",
+                    *self.args,
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def install_crds(cluster: ClusterInfo, folder: Path = CRDS) -> None:
+    """Apply every CRD in ``folder`` and wait until the API server serves ChatBots (Established comes a
+    moment before the new kind can be listed)."""
+    kubectl(cluster, "apply", "--server-side", "-f", str(folder))
+    names = [
+        f"crd/{n}" for n in ("chatbots.kubechat.dev", "clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev")
+    ]
+    kubectl(cluster, "wait", "--for=condition=Established", *names, "--timeout=60s")
+    eventually(lambda: kubectl(cluster, "get", "chatbots", "-A"), timeout=30, what="ChatBots served")
