@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatbot_service import __version__
-from chatbot_service.errors import BadRequest, ChatError, NotReady, SessionNotFound
+from chatbot_service.errors import BadRequest, ChatError, SessionNotFound
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.service import ChatService, TurnResult
 from chatbot_service.sessions import SessionStore, Stores
@@ -114,10 +114,7 @@ def create_app(
             await stores.aclose()
 
     def _store() -> SessionStore:
-        settings = holder.current
-        if settings is None:
-            raise NotReady("the bot's settings are invalid: " + "; ".join(holder.problems))
-        return stores.get(settings)
+        return stores.get(holder.loaded())
 
     app = FastAPI(
         title="kubechat bot",

@@ -76,11 +76,17 @@ class SettingsHolder:
         self.problems = problems
         return False
 
-    def require(self) -> Settings:
-        """The settings a request can use, or ``NotReady`` saying what is missing."""
+    def loaded(self) -> Settings:
+        """The settings in force (enough to read sessions), or ``NotReady`` with the problems."""
         settings = self.current
         if settings is None:
             raise NotReady("the bot's settings are invalid: " + "; ".join(self.problems))
+        return settings
+
+    def require(self) -> Settings:
+        """The settings a turn can use (a key and every other need present), or ``NotReady`` saying what
+        is missing."""
+        settings = self.loaded()
         missing = settings.missing()
         if missing:
             raise NotReady("the bot is not configured yet: no " + " and no ".join(missing))

@@ -66,12 +66,8 @@ class Upstream:
 
     async def complete(self, settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
         """One non-streamed completion, returned as the upstream's JSON object."""
-
-        async def call() -> dict[str, Any]:
-            body: dict[str, Any] = json.loads((await self._post(settings, params)).content)
-            return body
-
-        return await _mapped(call, settings)
+        body: dict[str, Any] = json.loads(await self.complete_raw(settings, params))
+        return body
 
     async def complete_raw(self, settings: Settings, params: dict[str, Any]) -> bytes:
         """One non-streamed completion, the upstream's body bytes as they came (for pass-through)."""

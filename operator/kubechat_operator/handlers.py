@@ -34,7 +34,6 @@ from kubechat_operator.render import (
 from kubechat_operator.status import SPLIT_WARNING, build_status, same_status
 
 CHILDREN = {"app.kubernetes.io/managed-by": "kubechat-operator"}
-log = logging.getLogger("kubechat.operator")
 
 
 def _now() -> str:
