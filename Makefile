@@ -1,11 +1,11 @@
-# kubechat developer entry points. `make setup run` and `make test` are the README's first lines.
+# kubechat developer entry points. `make demo` and `make test` are the README's first lines.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SHARED ?= ../shared
 export TIKTOKEN_CACHE_DIR ?= $(CURDIR)/.cache/tiktoken
 
-.PHONY: setup run serve chat test lint cluster-up cluster-down crds
+.PHONY: setup run serve chat test lint cluster-up cluster-down cluster-shell crds demo demo-down node-deps
 
 setup: $(VENV)/.installed $(TIKTOKEN_CACHE_DIR)/.seeded
 
@@ -43,15 +43,37 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint  ## lint, type-check and run every test (the cluster tests build the control plane on first use)
+test: lint node-deps  ## lint, type-check and run every test (the cluster tests build what they need on first use)
 	$(BIN)/pytest
 
-# Local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok):
-# see docs/local-cluster.md. Binaries are built into ~/.cache/kubechat (or $KUBECHAT_CACHE) on first use.
+# Local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) with kwok's
+# fake nodes, or with NODE=real one real node (containerd, kubelet, kube-proxy) in a network namespace of its
+# own: see docs/local-cluster.md. Binaries and images are built into ~/.cache/kubechat on first use.
 LOCALCLUSTER := $(PYTHON) tests/cluster/localcluster.py
+NODE ?= kwok
+# What a real node needs from Debian (nothing of it is started by installing it: no systemd here).
+NODE_PACKAGES := containerd runc containernetworking-plugins iptables mmdebstrap iproute2
 
-cluster-up:
-	$(LOCALCLUSTER) up
+node-deps:
+	@missing=""; for p in $(NODE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "the real node needs (as root): apt-get install$$missing" >&2; exit 1; fi; \
+	echo "installing$$missing"; apt-get update -qq && \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null
+
+cluster-up: $(if $(filter real,$(NODE)),setup node-deps)
+	$(if $(filter real,$(NODE)),$(BIN)/python,$(PYTHON)) tests/cluster/localcluster.py up --node $(NODE)
 
 cluster-down:
 	$(LOCALCLUSTER) down
+
+cluster-shell:  ## a shell where the cluster is (inside a real node's namespace), KUBECONFIG set
+	$(LOCALCLUSTER) shell
+
+# Everything end to end on this machine: real node, images built here, operator from the Helm chart, a bot
+# answering through its Service (backed by a local echo server: no internet needed). `make demo-down` undoes it.
+demo: setup node-deps
+	$(BIN)/python examples/demo/run.py up
+
+demo-down:
+	$(PYTHON) examples/demo/run.py down

@@ -48,7 +48,6 @@ def _k8s(name: str) -> Component:
 
 
 # Built one at a time (2 cores), in this order.
-# A real node (kubelet, kube-proxy) will add two more `_k8s(...)` rows here.
 COMPONENTS: dict[str, Component] = {
     c.name: c
     for c in (
@@ -57,6 +56,9 @@ COMPONENTS: dict[str, Component] = {
         _k8s("kube-controller-manager"),
         _k8s("kube-scheduler"),
         Component("kwok", HERE / "kwok", "sigs.k8s.io/kwok", "sigs.k8s.io/kwok/cmd/kwok"),
+        # The real node (`localcluster up --node real`): same module, so the build cache is mostly warm.
+        _k8s("kubelet"),
+        _k8s("kube-proxy"),
         # Not run by the cluster: tests/integration/test_chart.py lints and renders charts/kubechat with it.
         Component(
             "helm", HERE / "helm", "helm.sh/helm/v3", "helm.sh/helm/v3/cmd/helm", stamp_helm_version=True
@@ -67,6 +69,8 @@ COMPONENTS: dict[str, Component] = {
 
 #: What `localcluster up` runs; the other rows (helm) are built on demand or by `build` with no names.
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+#: What `localcluster up --node real` runs in addition.
+REAL_NODE = ("kubelet", "kube-proxy")
 
 
 def cache_dir() -> Path:

@@ -65,13 +65,18 @@ def spawn(
     log_dir: Path,
     env: Mapping[str, str] | None = None,
     tie_to_parent: bool = False,
+    wrapper: Sequence[str] = (),
 ) -> Process:
-    """Start `argv` in its own session (so a Ctrl-C meant for pytest does not hit it), logging to a file."""
+    """Start `argv` in its own session (so a Ctrl-C meant for pytest does not hit it), logging to a file.
+
+    `wrapper` is a prefix that execs `argv` in place (e.g. nsenter): the PID and the recorded argv stay the
+    program's own, so `is_running` still recognises it.
+    """
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / f"{name}.log"
     with log.open("ab") as out:
         popen = subprocess.Popen(
-            list(argv),
+            [*wrapper, *argv],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -1,7 +1,7 @@
 """Command lines of the control-plane components, all bound to loopback and our own PKI.
 
-Kept apart from the orchestration so a component (e.g. a real kubelet and kube-proxy for NODE=real) is one
-more function here and one more row in build.COMPONENTS.
+Kept apart from the orchestration so a component is one more function here and one more row in
+build.COMPONENTS. The real node's own command lines and configuration files are in node.py.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.cluster.node import NODE_IP
 from tests.cluster.pki import Pki
 
 SERVICE_CIDR = "10.0.0.0/24"
@@ -36,6 +37,7 @@ class Layout:
     data_dir: Path
     kubeconfigs: dict[str, Path]  # per client component, named like its certificate
     kwok_stages: Path
+    real_node: bool = False
 
     @property
     def server(self) -> str:
@@ -58,7 +60,7 @@ def kube_apiserver(layout: Layout) -> list[str]:
     pki = layout.pki
     return [
         str(layout.binaries["kube-apiserver"]), "--etcd-servers", f"http://127.0.0.1:{layout.ports.etcd}",
-        "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
+        *(_real_node_apiserver(layout) if layout.real_node else _kwok_apiserver()),
         "--secure-port", str(layout.ports.apiserver),
         "--cert-dir", str(pki.directory / "apiserver-generated"),
         "--tls-cert-file", str(pki.cert("apiserver")), "--tls-private-key-file", str(pki.key("apiserver")),
@@ -78,8 +80,27 @@ def kube_apiserver(layout: Layout) -> list[str]:
         "--authorization-mode", "Node,RBAC",
         "--enable-admission-plugins", "NodeRestriction",
         "--service-cluster-ip-range", SERVICE_CIDR,
+    ]  # fmt: skip
+
+
+def _kwok_apiserver() -> list[str]:
+    return [
+        "--bind-address", "127.0.0.1", "--advertise-address", "127.0.0.1",
         # Endpoints may not hold a loopback IP, so the `kubernetes` Service gets none instead of log spam.
         "--endpoint-reconciler-type", "none",
+    ]  # fmt: skip
+
+
+def _real_node_apiserver(layout: Layout) -> list[str]:
+    """Inside the node's namespace: listen on all of its addresses, so pods reach the `kubernetes` Service
+    (advertised at the node IP), and dial kubelets by IP with a client cert, verifying theirs."""
+    pki = layout.pki
+    return [
+        "--bind-address", "0.0.0.0", "--advertise-address", NODE_IP,
+        "--kubelet-preferred-address-types", "InternalIP",
+        "--kubelet-certificate-authority", str(pki.ca_cert),
+        "--kubelet-client-certificate", str(pki.cert("apiserver-kubelet-client")),
+        "--kubelet-client-key", str(pki.key("apiserver-kubelet-client")),
     ]  # fmt: skip
 
 

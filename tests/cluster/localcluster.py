@@ -1,8 +1,10 @@
 """A real Kubernetes control plane on loopback for tests and local runs: etcd, kube-apiserver,
-kube-controller-manager, kube-scheduler and kwok (fake nodes whose pods become Running and Ready).
+kube-controller-manager, kube-scheduler and either kwok (fake nodes whose pods become Running and Ready, the
+fast path) or one real node (containerd, kubelet, kube-proxy: pods really run), which puts the whole cluster
+inside a network + mount namespace of its own (node.py).
 
 Standard library only, so it runs before anything is pip-installed. CLI:
-    python3 tests/cluster/localcluster.py build | up | down | status | env | pin-k8s VERSION
+    python3 tests/cluster/localcluster.py build | up [--node real] | down | status | env | exec CMD... | shell
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 if __name__ == "__main__" and not __package__:  # run as a script: make `tests.cluster` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.cluster import build, flags, kubeapi
+from tests.cluster import build, flags, kubeapi, node
 from tests.cluster.components import (
     Process,
     free_ports,
@@ -35,11 +37,23 @@ from tests.cluster.components import (
     wait_healthy,
 )
 from tests.cluster.flags import KWOK_NODE_ANNOTATION
-from tests.cluster.pki import Pki, create_pki
+from tests.cluster.pki import CertSpec, Pki, create_pki
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DIR = REPO_ROOT / ".local-cluster"
 STOP_TIMEOUT = 10.0
+REAL_NODE_CERTS = (
+    CertSpec(
+        "kubelet",
+        f"system:node:{node.NODE_NAME}",
+        groups=("system:nodes",),
+        sans=(f"IP:{node.NODE_IP}", f"DNS:{node.NODE_NAME}"),
+        server=True,
+    ),
+    CertSpec("kube-proxy", "system:kube-proxy"),  # bound to system:node-proxier by the default RBAC
+    # The API server's identity towards the kubelet (logs, exec, port-forward).
+    CertSpec("apiserver-kubelet-client", "kube-apiserver-kubelet-client", groups=("system:masters",)),
+)
 
 
 @dataclass
@@ -50,6 +64,7 @@ class ClusterInfo:
     server: str
     workdir: Path | None = None
     nodes: list[str] = field(default_factory=list)
+    holder_pid: int | None = None  # real node: the process owning the cluster's network + mount namespace
 
 
 def _fake_node(name: str) -> dict[str, Any]:
@@ -95,6 +110,9 @@ class LocalCluster:
     etcd's data goes to a fresh temp dir (under `data_parent` if given) that stop() removes. With
     tie_to_parent the kernel also kills the components if this process dies without cleaning up (used by
     pytest; not by the `up` CLI, which exits and leaves the cluster running).
+
+    With real_node, the calling thread moves into the cluster's network namespace during start() (so it can
+    reach the API server and pods) and back at stop().
     """
 
     def __init__(
@@ -104,9 +122,13 @@ class LocalCluster:
         tie_to_parent: bool = False,
         timeout: float = 120.0,
         data_parent: Path | None = None,
+        real_node: bool = False,
+        images: Sequence[Path] | None = None,
     ) -> None:
         self.workdir = workdir.resolve()
-        self.node_names = [f"kwok-node-{i}" for i in range(nodes)]
+        self.real_node = real_node
+        self.images = images  # real node: OCI archives to import; None: node_images()
+        self.node_names = [node.NODE_NAME] if real_node else [f"kwok-node-{i}" for i in range(nodes)]
         self.tie_to_parent = tie_to_parent
         self.data_parent = data_parent
         self.timeout = timeout
@@ -116,28 +138,40 @@ class LocalCluster:
         self.kubeconfig = self.workdir / "kubeconfig"
         self.state_file = self.workdir / "state.json"
         self.log_dir = self.workdir / "logs"
+        self.holder: Process | None = None
+        self.node_layout: node.NodeLayout | None = None
+        self._host_netns: int | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> ClusterInfo:
         """Build missing binaries, then bring every component up in dependency order; all or nothing."""
-        binaries = build.ensure_built(build.CONTROL_PLANE)
+        binaries = build.ensure_built(build.CONTROL_PLANE + (build.REAL_NODE if self.real_node else ()))
         stages = build.ensure_kwok_stages()
+        images = list(self.images if self.images is not None else node_images()) if self.real_node else []
         try:
-            self._start(binaries, stages)
+            self._start(binaries, stages, images)
         except BaseException:
             self.stop()
             raise
-        return ClusterInfo(self.kubeconfig, self.server, self.workdir, list(self.node_names))
+        return self.info()
 
-    def _start(self, binaries: dict[str, Path], stages: Path) -> None:
+    def info(self) -> ClusterInfo:
+        holder = self.holder.pid if self.holder else None
+        return ClusterInfo(self.kubeconfig, self.server, self.workdir, list(self.node_names), holder)
+
+    def _start(self, binaries: dict[str, Path], stages: Path, images: list[Path]) -> None:
         started = time.monotonic()
         shutil.rmtree(self.log_dir, ignore_errors=True)
         shutil.rmtree(self.workdir / "pki", ignore_errors=True)
         self.data_dir = Path(tempfile.mkdtemp(prefix="kubechat-etcd-", dir=self.data_parent))
-        pki = create_pki(self.workdir / "pki")
+        if self.real_node:
+            self._start_namespace()
+        pki = create_pki(self.workdir / "pki", REAL_NODE_CERTS if self.real_node else ())
         ports = flags.Ports(*free_ports(5))
         self.server = f"https://127.0.0.1:{ports.apiserver}"
-        layout = flags.Layout(binaries, pki, ports, self.data_dir, self._write_kubeconfigs(pki), stages)
+        layout = flags.Layout(
+            binaries, pki, ports, self.data_dir, self._write_kubeconfigs(pki), stages, self.real_node
+        )
         admin = kubeapi.tls_context(pki.ca_cert, pki.cert("admin"), pki.key("admin"))
         verify = kubeapi.tls_context(pki.ca_cert)
 
@@ -149,36 +183,122 @@ class LocalCluster:
 
         cm = self._spawn("kube-controller-manager", flags.kube_controller_manager(layout))
         sched = self._spawn("kube-scheduler", flags.kube_scheduler(layout))
-        kwok = self._spawn("kwok", flags.kwok(layout))
+        if self.real_node:
+            self._start_node(binaries, pki, images, admin)
+        else:
+            kwok = self._spawn("kwok", flags.kwok(layout))
         self._wait(cm, lambda: self._healthz(ports.controller_manager, verify))
         self._wait(sched, lambda: self._healthz(ports.scheduler, verify))
-        self._wait(kwok, lambda: self._nodes_ready(admin), "making its nodes Ready")
+        if not self.real_node:
+            self._wait(kwok, lambda: self._nodes_ready(admin), "making its nodes Ready")
         # The serviceaccount controller's first act: proves controllers run with working credentials.
         default_sa = f"{self.server}/api/v1/namespaces/default/serviceaccounts/default"
         self._wait(cm, lambda: bool(kubeapi.request(default_sa, admin)), "creating service accounts")
         self._log(f"control plane ready at {self.server} in {time.monotonic() - started:.1f} s")
 
+    def _start_namespace(self) -> None:
+        """The holder of the cluster's namespaces, set up, with this thread inside its network."""
+        for stale in node.reap_stale_nodes():
+            self._log(f"removed what a killed run left in cgroup {stale}")
+        self.holder = spawn(
+            "netns-holder", node.HOLDER_ARGV, self.log_dir, None, self.tie_to_parent, node.HOLDER_WRAPPER
+        )
+        self.node_layout = node.NodeLayout.for_holder(self.holder.pid)
+        self.save_state()
+        node.wait_for_namespace(self.holder.pid)
+        node.write_scratch(self.node_layout)
+        node.setup_namespace(self.holder.pid, self.node_layout, flags.SERVICE_CIDR)
+        self._host_netns = node.switch_network(f"/proc/{self.holder.pid}/ns/net")
+
+    def _start_node(
+        self, binaries: dict[str, Path], pki: Pki, images: list[Path], admin: ssl.SSLContext
+    ) -> None:
+        """containerd (with our images imported), then the kubelet and kube-proxy; until the node is Ready."""
+        assert self.holder is not None and self.node_layout is not None
+        layout = self.node_layout
+        kubelet_kc, proxy_kc = pki.directory / "kubelet.kubeconfig", pki.directory / "kube-proxy.kubeconfig"
+        kubeapi.write_kubeconfig(
+            kubelet_kc, self.server, pki.ca_cert, pki.cert("kubelet"), pki.key("kubelet"), "kubelet"
+        )
+        kubeapi.write_kubeconfig(
+            proxy_kc, self.server, pki.ca_cert, pki.cert("kube-proxy"), pki.key("kube-proxy"), "kube-proxy"
+        )
+        node.create_cgroups(layout.cgroup_root)
+        node.write_configs(
+            layout, pki.ca_cert, pki.cert("kubelet"), pki.key("kubelet"), proxy_kc, free_ports(3)
+        )
+        containerd = self._spawn("containerd", node.containerd_argv(layout))
+        self._wait(containerd, lambda: bool(node.ctr(self.holder_pid, layout, "version")), "serving")
+        imported = time.monotonic()
+        for archive in images:
+            node.import_image(self.holder_pid, layout, archive)
+        self._log(f"imported {len(images)} images in {time.monotonic() - imported:.1f} s")
+        kubelet = self._spawn("kubelet", node.kubelet_argv(binaries["kubelet"], layout, kubelet_kc))
+        proxy = self._spawn("kube-proxy", node.kube_proxy_argv(binaries["kube-proxy"], layout))
+        self._wait(kubelet, lambda: self._nodes_ready(admin), "making its node Ready")
+        proxy_health = f"http://127.0.0.1:{node.kube_proxy_healthz_port(layout)}/healthz"
+        self._wait(proxy, lambda: bool(kubeapi.request(proxy_health)), "healthy")
+
+    @property
+    def holder_pid(self) -> int:
+        assert self.holder is not None
+        return self.holder.pid
+
     def _bootstrap(self, admin: ssl.SSLContext) -> None:
         """Objects that must exist before the clients start: kwok's RBAC and the fake nodes."""
+        if self.real_node:
+            return  # the kubelet registers its own Node
         bindings = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
         kubeapi.create(self.server, admin, bindings, _kwok_binding())
         for name in self.node_names:
             kubeapi.create(self.server, admin, "/api/v1/nodes", _fake_node(name))
 
     def stop(self) -> None:
-        """Stop clients, then the API server, then etcd (SIGTERM, SIGKILL after a timeout); idempotent."""
+        """Stop the node (kubelet, kube-proxy, pods, containerd, shims), then the clients, the API server and
+        etcd (SIGTERM, SIGKILL after a timeout), then the namespace and the node's cgroups; idempotent."""
+        self._stop_node()
         tiers = [["kwok", "kube-scheduler", "kube-controller-manager"], ["kube-apiserver"], ["etcd"]]
         rest = [p for p in self.processes if not any(p.name in tier for tier in tiers)]
         for group in [rest, *([p for p in self.processes if p.name in tier] for tier in tiers)]:
             if group:
                 stop(group, STOP_TIMEOUT)
         self.processes = []
+        self._stop_namespace()
         if self.data_dir is not None:
             shutil.rmtree(self.data_dir, ignore_errors=True)
             self.data_dir = None
         for leftover in (self.state_file, self.kubeconfig):
             leftover.unlink(missing_ok=True)
         shutil.rmtree(self.workdir / "pki", ignore_errors=True)
+
+    def _stop_node(self) -> None:
+        """The kubelet and kube-proxy first (nothing restarts pods then), then what runs in the node's cgroups
+        (the pods), containerd, and whatever else is left in the namespace (containerd's shims)."""
+        agents = [p for p in self.processes if p.name in ("kubelet", "kube-proxy")]
+        stop(agents, STOP_TIMEOUT)
+        if self.node_layout is not None:
+            node.kill_all(node.cgroup_members(self.node_layout.cgroup_root))
+        stop([p for p in self.processes if p.name == "containerd"], STOP_TIMEOUT)
+        self.processes = [p for p in self.processes if p.name not in ("kubelet", "kube-proxy", "containerd")]
+        if self.holder is not None:
+            tracked = {p.pid for p in self.processes}
+            node.kill_all(pid for pid in node.namespace_members(self.holder.pid) if pid not in tracked)
+
+    def _stop_namespace(self) -> None:
+        if self._host_netns is not None:
+            node.switch_network(self._host_netns)
+            os.close(self._host_netns)
+            self._host_netns = None
+        if self.holder is not None:
+            node.kill_all(node.namespace_members(self.holder.pid))  # anything a test left running in it
+            stop([self.holder], STOP_TIMEOUT)
+            self.holder = None
+        if self.node_layout is not None:
+            left = node.remove_cgroups(self.node_layout.cgroup_root)
+            if left:
+                self._log(f"could not remove cgroups: {', '.join(map(str, left))}")
+            shutil.rmtree(self.node_layout.scratch, ignore_errors=True)
+            self.node_layout = None
 
     def __enter__(self) -> ClusterInfo:
         return self.start()
@@ -188,13 +308,15 @@ class LocalCluster:
 
     # ---- state (so `down` in another process can stop what `up` started) --------------------------------
     def save_state(self) -> None:
+        layout = self.node_layout
         state = {
             "server": self.server,
+            "real_node": self.real_node,
+            "holder": _process_state(self.holder) if self.holder else None,
+            "node": {"scratch": str(layout.scratch), "cgroup_root": layout.cgroup_root} if layout else None,
             "kubeconfig": str(self.kubeconfig),
             "data_dir": str(self.data_dir) if self.data_dir else None,
-            "processes": [
-                {"name": p.name, "pid": p.pid, "argv": p.argv, "log": str(p.log)} for p in self.processes
-            ],
+            "processes": [_process_state(p) for p in self.processes],
         }
         self.workdir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")
@@ -209,9 +331,16 @@ class LocalCluster:
         state = json.loads(cluster.state_file.read_text())
         cluster.server = state["server"]
         cluster.data_dir = Path(state["data_dir"]) if state.get("data_dir") else None
-        cluster.processes = [
-            Process(p["name"], p["pid"], p["argv"], Path(p["log"])) for p in state["processes"]
-        ]
+        cluster.processes = [_process_from_state(p) for p in state["processes"]]
+        cluster.real_node = bool(state.get("real_node"))
+        if cluster.real_node:
+            cluster.node_names = [node.NODE_NAME]
+        if state.get("holder"):
+            cluster.holder = _process_from_state(state["holder"])
+        if state.get("node"):
+            cluster.node_layout = node.NodeLayout(
+                Path(state["node"]["scratch"]), state["node"]["cgroup_root"]
+            )
         return cluster
 
     # ---- helpers ----------------------------------------------------------------------------------------
@@ -221,7 +350,8 @@ class LocalCluster:
     def _spawn(self, name: str, argv: list[str]) -> Process:
         env = dict(os.environ)
         env["HOME"] = str(self.workdir / "home")  # keep ~/.kwok and friends of the developer out of it
-        process = spawn(name, argv, self.log_dir, env, self.tie_to_parent)
+        wrapper = node.enter_argv(self.holder.pid, []) if self.holder else []
+        process = spawn(name, argv, self.log_dir, env, self.tie_to_parent, wrapper)
         self.processes.append(process)
         self.save_state()
         return process
@@ -251,6 +381,25 @@ class LocalCluster:
         return paths
 
 
+def _process_state(p: Process) -> dict[str, Any]:
+    return {"name": p.name, "pid": p.pid, "argv": p.argv, "log": str(p.log)}
+
+
+def _process_from_state(p: dict[str, Any]) -> Process:
+    return Process(p["name"], p["pid"], p["argv"], Path(p["log"]))
+
+
+def node_images() -> list[Path]:
+    """The images a real node needs, built (or taken from the cache) by images/ocibuild.py: the sandbox
+    (pause) image, the chat service (every bot's pods) and the operator."""
+    from images import ocibuild
+
+    return [
+        ocibuild.build_pause().path,
+        *(ocibuild.build_image(kind).path for kind in ("chatbot", "operator")),
+    ]
+
+
 # ---- CLI --------------------------------------------------------------------------------------------------
 def cluster_dir() -> Path:
     return Path(os.environ.get("KUBECHAT_CLUSTER_DIR", DEFAULT_DIR))
@@ -277,14 +426,19 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 0
         print("cleaning up a previous cluster that is no longer complete", file=sys.stderr)
         running.stop()
-    cluster = LocalCluster(workdir, nodes=args.nodes, timeout=args.timeout)
+    cluster = LocalCluster(workdir, nodes=args.nodes, timeout=args.timeout, real_node=args.node == "real")
     try:
         info = cluster.start()
     except (RuntimeError, OSError, subprocess.CalledProcessError) as err:  # ComponentError is a RuntimeError
         print(f"cluster-up failed: {err}", file=sys.stderr)
         return 1
     print(f"API server: {info.server}\nkubeconfig: {info.kubeconfig}\nlogs:       {cluster.log_dir}")
-    print(f"export KUBECONFIG={info.kubeconfig}")
+    if info.holder_pid is None:
+        print(f"export KUBECONFIG={info.kubeconfig}")
+    else:
+        print("The cluster lives in a network namespace of its own; reach it from inside:")
+        print(f"  {sys.argv[0]} exec -- kubectl get nodes     # one command")
+        print(f"  {sys.argv[0]} shell                         # a shell (KUBECONFIG set)")
     return 0
 
 
@@ -305,14 +459,47 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("not running")
         return 1
     healthy = True
+    total = 0
     print(f"API server: {cluster.server}\nkubeconfig: {cluster.kubeconfig}")
     for p in cluster.processes:
         alive = is_running(p)
         healthy &= alive
         rss = rss_kib(p.pid) if alive else None
+        total += rss or 0
         memory = f"{rss / 1024:.0f} MiB RSS" if rss else ""
         print(f"{p.name:24} pid {p.pid:<8} {'running' if alive else 'STOPPED':8} {memory}")
+    if cluster.holder is not None:
+        healthy &= is_running(cluster.holder)
+        tracked = {p.pid for p in cluster.processes}
+        others = [pid for pid in node.namespace_members(cluster.holder.pid) if pid not in tracked]
+        if cluster.node_layout is not None:
+            pods = node.cgroup_members(cluster.node_layout.cgroup_root)
+            others += [pid for pid in pods if pid not in others]
+        rest = sum(rss_kib(pid) or 0 for pid in others)
+        total += rest
+        print(f"{'pods, shims, the rest':24} {len(others)} processes        {rest / 1024:.0f} MiB RSS")
+        print(f"namespace holder pid {cluster.holder.pid}; enter it with: {sys.argv[0]} shell")
+    print(f"{'total':24} {'':23} {total / 1024:.0f} MiB RSS")
     return 0 if healthy else 1
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    """Run a command where the cluster is: inside a real node's namespaces, with KUBECONFIG set."""
+    cluster = LocalCluster.from_state(cluster_dir())
+    if cluster is None:
+        print("no local cluster is running (start one with `up`)", file=sys.stderr)
+        return 1
+    command = args.command_line or [os.environ.get("SHELL", "/bin/sh")]
+    if command[0] == "--":
+        command = command[1:]
+    reuse = "KUBECHAT_REAL_KUBECONFIG" if cluster.real_node else "KUBECHAT_KUBECONFIG"  # for pytest
+    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), **{reuse: str(cluster.kubeconfig)})
+    argv = node.enter_argv(cluster.holder.pid, command) if cluster.holder else command
+    try:
+        return subprocess.run(argv, env=env).returncode
+    except FileNotFoundError as err:
+        print(f"cannot run {command[0]}: {err.strerror}", file=sys.stderr)
+        return 127
 
 
 def cmd_env(args: argparse.Namespace) -> int:
@@ -337,12 +524,25 @@ def main(argv: list[str] | None = None) -> int:
     p_up = sub.add_parser("up", help=f"start a cluster in {DEFAULT_DIR} (or $KUBECHAT_CLUSTER_DIR)")
     p_up.add_argument("--nodes", type=int, default=2, help="number of fake kwok nodes")
     p_up.add_argument(
+        "--node",
+        choices=("kwok", "real"),
+        default=os.environ.get("NODE") or "kwok",
+        help="kwok: fake nodes (fast, pods never run); real: one kubelet node running pods for real, with "
+        "the whole cluster in a network namespace of its own (default: $NODE or kwok)",
+    )
+    p_up.add_argument(
         "--timeout", type=float, default=120.0, help="seconds each component may take to be healthy"
     )
     p_up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop the cluster by PID and delete its data").set_defaults(func=cmd_down)
     sub.add_parser("status", help="show PIDs, liveness and memory").set_defaults(func=cmd_status)
     sub.add_parser("env", help="print the KUBECONFIG export line").set_defaults(func=cmd_env)
+    p_exec = sub.add_parser("exec", help="run a command inside the cluster's namespace, KUBECONFIG set")
+    p_exec.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
+    p_exec.set_defaults(func=cmd_exec)
+    sub.add_parser("shell", help="a shell inside the cluster's namespace").set_defaults(
+        func=cmd_exec, command_line=[]
+    )
     p_pin = sub.add_parser("pin-k8s", help="re-pin k8s.io/kubernetes (rewrites tests/cluster/go.mod)")
     p_pin.add_argument("version", help="e.g. v1.36.4")
     p_pin.set_defaults(func=cmd_pin_k8s)

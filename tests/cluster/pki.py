@@ -14,8 +14,10 @@ from pathlib import Path
 
 # The first IP of --service-cluster-ip-range 10.0.0.0/24: in-cluster clients reach the API server there.
 SERVICE_IP = "10.0.0.1"
+# 10.77.0.1: the real node's IP (tests/cluster/node.py), where pods reach the API server's endpoint.
 APISERVER_SANS = (
     "IP:127.0.0.1",
+    "IP:10.77.0.1",
     "DNS:localhost",
     f"IP:{SERVICE_IP}",
     "DNS:kubernetes",

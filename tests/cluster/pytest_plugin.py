@@ -3,6 +3,11 @@
 Enable with `pytest_plugins = ["tests.cluster.pytest_plugin"]` in tests/conftest.py. The control plane starts
 once per test session (binaries are built first if missing) and is always stopped at the end. Set
 KUBECHAT_KUBECONFIG to reuse a running cluster (e.g. one from `make cluster-up`) instead.
+
+`real_cluster` is the cluster with one real kubelet node (tests marked `e2e`): starting it moves the test
+process's main thread into the cluster's network namespace, so e2e tests are ordered after all others. Set
+KUBECHAT_REAL_KUBECONFIG (`localcluster.py exec` does, running the command inside the namespace) to reuse one
+started by `make cluster-up NODE=real`.
 """
 
 from __future__ import annotations
@@ -28,21 +33,42 @@ NAMESPACE_LABEL = "kubechat.dev/test-namespace"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "cluster: needs the local Kubernetes control plane (tests/cluster)")
+    config.addinivalue_line("markers", "e2e: needs the cluster with a real node (tests/cluster/node.py)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """e2e tests last: once the real cluster starts, new connections of this thread are in its namespace."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
 
 
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterInfo]:
     """The control plane for this session: started here, or the one KUBECHAT_KUBECONFIG points at."""
-    existing = os.environ.get("KUBECHAT_KUBECONFIG")
+    yield from _session_cluster(tmp_path_factory, "KUBECHAT_KUBECONFIG", "kubechat-cluster")
+
+
+@pytest.fixture(scope="session")
+def real_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterInfo]:
+    """The cluster with a real node; this process's main thread runs inside its network namespace."""
+    yield from _session_cluster(
+        tmp_path_factory, "KUBECHAT_REAL_KUBECONFIG", "real", real_node=True, timeout=180
+    )
+
+
+def _session_cluster(
+    tmp_path_factory: pytest.TempPathFactory, reuse_variable: str, name: str, **options: Any
+) -> Iterator[ClusterInfo]:
+    existing = os.environ.get(reuse_variable)
     if existing:
         kubeconfig = Path(existing).expanduser().resolve()
         yield ClusterInfo(kubeconfig, read_kubeconfig_server(kubeconfig))
         return
     # tie_to_parent: the kernel kills the components even if pytest is killed; atexit covers exits that
     # skip fixture teardown; the finally covers failures. stop() is idempotent. etcd's data lives in pytest's
-    # temp dir, so even a killed run leaves nothing that pytest does not prune itself.
-    workdir = tmp_path_factory.mktemp("kubechat-cluster")
-    local = LocalCluster(workdir, tie_to_parent=True, data_parent=workdir)
+    # temp dir, so even a killed run leaves nothing that pytest does not prune itself (a real node's pods and
+    # cgroups are reaped by the next real node's start).
+    workdir = tmp_path_factory.mktemp(name)
+    local = LocalCluster(workdir, tie_to_parent=True, data_parent=workdir, **options)
     atexit.register(local.stop)
     try:
         yield local.start()
@@ -51,10 +77,23 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterInfo]:
         atexit.unregister(local.stop)
 
 
+def _api_client(info: ClusterInfo) -> Any:
+    return config.new_client_from_config(config_file=str(info.kubeconfig))  # type: ignore[no-untyped-call]
+
+
 @pytest.fixture
 def kube_api(cluster: ClusterInfo) -> Iterator[Any]:
     """A kubernetes.client.ApiClient authenticated as cluster admin, verifying the server against our CA."""
-    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))  # type: ignore[no-untyped-call]
+    api = _api_client(cluster)
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture
+def real_kube_api(real_cluster: ClusterInfo) -> Iterator[Any]:
+    api = _api_client(real_cluster)
     try:
         yield api
     finally:
@@ -72,6 +111,16 @@ def namespace(kube_api: Any, request: pytest.FixtureRequest) -> Iterator[str]:
 
     Yielded only once its `default` ServiceAccount exists, since Pods cannot be created before that.
     """
+    yield from _fresh_namespace(kube_api, request)
+
+
+@pytest.fixture
+def real_namespace(real_kube_api: Any, request: pytest.FixtureRequest) -> Iterator[str]:
+    """`namespace` on the real-node cluster."""
+    yield from _fresh_namespace(real_kube_api, request)
+
+
+def _fresh_namespace(kube_api: Any, request: pytest.FixtureRequest) -> Iterator[str]:
     core = client.CoreV1Api(kube_api)
     name = _namespace_name(request.node.name)
     body = client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels={NAMESPACE_LABEL: "true"}))

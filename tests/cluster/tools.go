@@ -1,10 +1,13 @@
 //go:build tools
 
-// Package tools pins the Kubernetes control-plane commands that localcluster.py builds.
+// Package tools pins the Kubernetes control-plane commands that localcluster.py builds (the real node's kubelet and
+// kube-proxy included).
 package tools
 
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubelet"
 )

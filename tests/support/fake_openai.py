@@ -61,6 +61,7 @@ class Fault:
 class Seen:
     headers: dict[str, str]
     body: dict[str, Any]
+    client: str = ""  # the peer's IP address (which pod sent it, on a real node)
 
 
 class FakeOpenAI:
@@ -93,7 +94,8 @@ class FakeOpenAI:
     async def completions(self, request: Request) -> Response:
         body = await request.json()
         with self._lock:
-            self.requests.append(Seen(dict(request.headers), body))
+            peer = request.client.host if request.client else ""
+            self.requests.append(Seen(dict(request.headers), body, peer))
             fault = self.faults.popleft() if self.faults else None
         if fault and fault.delay:
             await asyncio.sleep(fault.delay)

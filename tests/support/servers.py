@@ -22,12 +22,12 @@ def free_port() -> int:
 class ThreadedServer:
     """A uvicorn server in a daemon thread; ``url`` is its base URL once started."""
 
-    def __init__(self, app: Any, **config: Any) -> None:
+    def __init__(self, app: Any, host: str = "127.0.0.1", **config: Any) -> None:
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, 0))
         self.port: int = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **config))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

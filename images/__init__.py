@@ -1,0 +1,1 @@
+"""Container images: their Dockerfiles and the Docker-free builder (images.ocibuild)."""

@@ -1,0 +1,3 @@
+module kubechat.dev/pause
+
+go 1.22

@@ -1,0 +1,450 @@
+"""The images built without Docker (images/ocibuild.py), checked as a kubelet node would meet them.
+
+Their configs are the Dockerfiles' final stages, their layers hold what the Dockerfiles install (a venv
+without pip, the tiktoken encodings, the uid 10001 account), containerd imports the archives, and each
+entrypoint starts as uid 10001 on a read-only root with no network. The archives are read here with code
+of the test's own, so a wrong digest or descriptor in the builder cannot hide behind its own reader.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chatbot_service.encodings import ENCODINGS, cache_name
+from images import ocibuild
+from tests.cluster.polling import eventually
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKERFILES = {
+    "chatbot": REPO / "images" / "chatbot.Dockerfile",
+    "operator": REPO / "images" / "operator.Dockerfile",
+}
+KINDS = sorted(DOCKERFILES)
+TIKTOKEN = Path(os.environ.get("KUBECHAT_TIKTOKEN_SOURCE", REPO.parent / "shared" / "tiktoken"))
+VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TOOLS = ("mmdebstrap", "unshare", "chroot", "go")
+
+
+@dataclass
+class Image:
+    archive: ocibuild.ImageArchive
+    index: dict[str, Any]
+    manifest: dict[str, Any]
+    config: dict[str, Any]
+    layer: Path  # the layer blob, an uncompressed tar
+    rootfs: Path  # the layer, unpacked (owners kept)
+
+
+def blob(folder: Path, digest: str) -> Path:
+    """The blob for a digest, after checking that its content has that digest."""
+    path = folder / "blobs" / "sha256" / digest.removeprefix("sha256:")
+    with path.open("rb") as file:
+        assert "sha256:" + hashlib.file_digest(file, "sha256").hexdigest() == digest, path
+    return path
+
+
+def described(folder: Path, descriptor: dict[str, Any]) -> dict[str, Any]:
+    path = blob(folder, descriptor["digest"])
+    assert path.stat().st_size == descriptor["size"]
+    value: dict[str, Any] = json.loads(path.read_bytes())
+    return value
+
+
+def unpack(archive: ocibuild.ImageArchive, folder: Path) -> Image:
+    with tarfile.open(archive.path) as tar:
+        tar.extractall(folder, filter="fully_trusted")
+    assert json.loads((folder / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads((folder / "index.json").read_text())
+    (entry,) = index["manifests"]
+    manifest = described(folder, entry)
+    config = described(folder, manifest["config"])
+    (layer,) = manifest["layers"]
+    layer_path = blob(folder, layer["digest"])
+    assert layer_path.stat().st_size == layer["size"]
+    rootfs = folder / "rootfs"
+    with tarfile.open(layer_path) as tar:
+        tar.extractall(rootfs, numeric_owner=True, filter="fully_trusted")
+    return Image(archive, index, manifest, config, layer_path, rootfs)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Image]]:
+    """Each image built once (from the cache when nothing changed), unpacked into a temp dir."""
+    missing = [tool for tool in TOOLS if not shutil.which(tool)]
+    if os.geteuid() != 0 or missing:
+        pytest.skip(f"building images needs root and {', '.join(TOOLS)} (missing: {missing or 'root'})")
+    archives = {kind: ocibuild.build_image(kind) for kind in KINDS} | {"pause": ocibuild.build_pause()}
+    folder = tmp_path_factory.mktemp("images")
+    try:
+        yield {kind: unpack(archive, folder / kind) for kind, archive in archives.items()}
+    finally:
+        shutil.rmtree(folder)
+
+
+def dockerfile_with(tmp_path: Path, extra: str) -> Path:
+    path = tmp_path / "chatbot.Dockerfile"
+    path.write_text(DOCKERFILES["chatbot"].read_text() + extra)
+    return path
+
+
+# ---- the parser: the Dockerfile is the single source of the image config -----------------------------------
+@pytest.mark.parametrize(
+    ("extra", "complaint"),
+    [
+        ('HEALTHCHECK CMD ["kubechat", "--help"]\n', "HEALTHCHECK"),
+        ("VOLUME /data\n", "VOLUME"),
+        ("ADD README.md /README.md\n", "ADD"),
+        ("RUN apt-get update\n", "apt-get"),
+        ("COPY --chown=10001 images/tiktoken/ /x/\n", "--chown"),
+        ("COPY README.md /README.md\n", "README.md"),
+        ("ENTRYPOINT kubechat\n", "exec form"),
+        ("ENV LEGACY form\n", "KEY=VALUE"),
+    ],
+)
+def test_an_instruction_the_builder_cannot_honour_is_an_error(
+    tmp_path: Path, extra: str, complaint: str
+) -> None:
+    with pytest.raises(ocibuild.BuildError, match="honoured") as raised:
+        ocibuild.dockerfile_spec(dockerfile_with(tmp_path, extra))
+    assert complaint in str(raised.value)
+
+
+def test_a_changed_builder_stage_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "chatbot.Dockerfile"
+    path.write_text(DOCKERFILES["chatbot"].read_text().replace("install /wheels/", "install --pre /wheels/"))
+    with pytest.raises(ocibuild.BuildError, match="builder stage is not honoured"):
+        ocibuild.dockerfile_spec(path)
+
+
+def test_words_quotes_continuations_and_build_args(tmp_path: Path) -> None:
+    extra = (
+        "ENV A='$PATH' \\\n"
+        "# a comment inside the continuation\n"
+        '    B="${TIKTOKEN_CACHE_DIR}/x y" C=\\$HOME\n'
+    )
+    spec = ocibuild.dockerfile_spec(dockerfile_with(tmp_path, extra), {"VERSION": "9.9.9", "REVISION": "abc"})
+    env = dict(pair.split("=", 1) for pair in spec.env)
+    assert env["A"] == "$PATH" and env["B"] == "/opt/kubechat/tiktoken/x y" and env["C"] == "$HOME"
+    assert env["PATH"] == f"/opt/kubechat/bin:{BASE_PATH}"
+    labels = spec.labels
+    assert labels["org.opencontainers.image.version"] == "9.9.9"
+    assert labels["org.opencontainers.image.revision"] == "abc"
+
+
+def test_the_cli_is_stdlib_only_and_fails_in_one_line(tmp_path: Path) -> None:
+    """`python -S`: no site-packages, as on a machine with no venv yet."""
+    script = str(REPO / "images" / "ocibuild.py")
+    done = subprocess.run(
+        [sys.executable, "-S", script, "spec", str(DOCKERFILES["chatbot"])], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == json.loads(
+        json.dumps(dataclasses.asdict(ocibuild.dockerfile_spec(DOCKERFILES["chatbot"])))
+    )
+    bad = dockerfile_with(tmp_path, "VOLUME /data\n")
+    done = subprocess.run([sys.executable, "-S", script, "spec", str(bad)], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "VOLUME" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---- the archives ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_config_is_the_dockerfiles_final_stage(images: dict[str, Image], kind: str) -> None:
+    spec = ocibuild.dockerfile_spec(DOCKERFILES[kind])
+    assert images[kind].config["config"] == {
+        "Entrypoint": list(spec.entrypoint),
+        "Cmd": list(spec.cmd),
+        "Env": list(spec.env),
+        "User": spec.user,
+        "WorkingDir": spec.workdir,
+        "ExposedPorts": {port: {} for port in spec.exposed_ports},
+        "Labels": spec.labels,
+    }
+    assert images[kind].archive.spec == spec
+
+
+@pytest.mark.parametrize(
+    ("kind", "entrypoint", "port"),
+    [("chatbot", "kubechat", "8080/tcp"), ("operator", "kubechat-operator", "8081/tcp")],
+)
+def test_the_config_holds_what_the_cluster_expects(
+    images: dict[str, Image], kind: str, entrypoint: str, port: str
+) -> None:
+    config = images[kind].config["config"]
+    env = dict(pair.split("=", 1) for pair in config["Env"])
+    assert config["Entrypoint"] == [entrypoint] and config["User"] == "10001:10001"
+    assert config["ExposedPorts"] == {port: {}}
+    assert env["PATH"] == f"/opt/kubechat/bin:{BASE_PATH}" and env["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert env.get("TIKTOKEN_CACHE_DIR") == ("/opt/kubechat/tiktoken" if kind == "chatbot" else None)
+    assert config["Labels"]["org.opencontainers.image.title"] == f"kubechat-{kind}"
+    assert config["Labels"]["org.opencontainers.image.version"] == VERSION
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "pause"])
+def test_the_archive_is_an_oci_layout_containerd_can_name(images: dict[str, Image], kind: str) -> None:
+    image = images[kind]
+    (entry,) = image.index["manifests"]
+    reference = "docker.io/kubechat/pause:1" if kind == "pause" else f"docker.io/kubechat/{kind}:dev"
+    assert image.archive.reference == reference
+    assert entry["annotations"] == {
+        "io.containerd.image.name": reference,
+        "org.opencontainers.image.ref.name": reference.rpartition(":")[2],
+    }
+    assert entry["mediaType"] == image.manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert image.manifest["schemaVersion"] == 2
+    assert image.manifest["layers"][0]["mediaType"] == "application/vnd.oci.image.layer.v1.tar"
+    assert image.config["architecture"] == "amd64" and image.config["os"] == "linux"
+    assert image.config["rootfs"] == {"type": "layers", "diff_ids": [image.manifest["layers"][0]["digest"]]}
+    with tarfile.open(image.layer) as layer:
+        assert {member.mtime for member in layer} == {ocibuild.MTIME}, (
+            "fixed mtimes: equal inputs, equal layer"
+        )
+
+
+# ---- the layers --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_layer_has_the_kubechat_account_and_root_owned_files(images: dict[str, Image], kind: str) -> None:
+    etc = images[kind].rootfs / "etc"
+    assert (
+        "kubechat:x:10001:10001::/nonexistent:/usr/sbin/nologin" in (etc / "passwd").read_text().splitlines()
+    )
+    assert "kubechat:x:10001:" in (etc / "group").read_text().splitlines()
+    venv = images[kind].rootfs / "opt" / "kubechat"
+    owners = {(path.lstat().st_uid, path.lstat().st_gid) for path in [venv, *venv.rglob("*")]}
+    assert owners == {(0, 0)}, "COPY without --chown: the non-root user cannot change the app"
+    assert list((images[kind].rootfs / "dev").iterdir()) == []
+
+
+def test_the_chatbot_carries_the_encodings_byte_for_byte(images: dict[str, Image]) -> None:
+    carried = images["chatbot"].rootfs / "opt" / "kubechat" / "tiktoken"
+    assert sorted(path.name for path in carried.iterdir()) == sorted(cache_name(name) for name in ENCODINGS)
+    for name in ENCODINGS:
+        assert (carried / cache_name(name)).read_bytes() == (TIKTOKEN / f"{name}.tiktoken").read_bytes()
+    assert not (images["operator"].rootfs / "opt" / "kubechat" / "tiktoken").exists()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_pip_and_no_build_leftovers(images: dict[str, Image], kind: str) -> None:
+    rootfs = images[kind].rootfs
+    venv = rootfs / "opt" / "kubechat"
+    assert not list((venv / "bin").glob("pip*"))
+    assert not list(venv.glob("lib/python3*/site-packages/pip*"))
+    assert (
+        not list(rootfs.rglob("*.whl")) and not (rootfs / "wheels").exists() and not (rootfs / "src").exists()
+    )
+    assert list((rootfs / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_code_is_precompiled_with_pycs_valid_on_a_read_only_root(
+    images: dict[str, Image], kind: str
+) -> None:
+    """The layer's mtimes are fixed, so only hash-based .pyc stay valid; stale ones would be recompiled in
+    memory at every start (PYTHONDONTWRITEBYTECODE, read-only root)."""
+    site = next((images[kind].rootfs / "opt" / "kubechat" / "lib").glob("python3.*/site-packages"))
+    stdlib = images[kind].rootfs / "usr" / "lib" / site.parent.name
+    for source in [
+        site / "chatbot_service" / "cli.py",
+        site / "kubechat_operator" / "main.py",
+        stdlib / "os.py",
+    ]:
+        pyc = source.parent / "__pycache__" / f"{source.stem}.cpython-311.pyc"
+        header = pyc.read_bytes()[:16]
+        assert struct.unpack("<I", header[4:8])[0] & 1, f"{pyc} is timestamp-based"
+        assert header[8:16] == importlib.util.source_hash(source.read_bytes()), f"{pyc} is stale"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_venv_holds_what_pip_resolved_for_the_wheel(images: dict[str, Image], kind: str) -> None:
+    def normalised(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    resolved = {}
+    for wheel in ocibuild.wheelhouse(kind).glob("*.whl"):
+        name, version = wheel.name.split("-")[:2]
+        resolved[normalised(name)] = version
+    installed = ocibuild.installed_distributions(images[kind].archive.path)
+    assert installed == resolved
+    assert installed["kubechat"] == VERSION
+    assert {"fastapi", "kopf", "tiktoken", "openai", "kubernetes", "redis"} <= set(installed)
+
+
+# ---- the images in use -------------------------------------------------------------------------------------
+def in_image(image: Image, *argv: str) -> subprocess.CompletedProcess[str]:
+    """argv as the container would run it: uid 10001, the image's Env, a read-only root, no network."""
+    readonly = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+    isolate = ["unshare", "--mount", "--net", "--fork", "--propagation", "private"]
+    command = [
+        "env",
+        "-i",
+        *image.config["config"]["Env"],
+        "chroot",
+        "--userspec=10001:10001",
+        str(image.rootfs),
+    ]
+    return subprocess.run(
+        [*isolate, "sh", "-c", readonly, "sh", str(image.rootfs), *command, *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_entrypoint_starts_as_uid_10001_offline(images: dict[str, Image], kind: str) -> None:
+    entrypoint = images[kind].config["config"]["Entrypoint"]
+    done = in_image(images[kind], *entrypoint, "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: {entrypoint[0]}")
+
+
+CHECKS = {  # each prints 2
+    "chatbot": (
+        "import chatbot_service.app, tiktoken; "
+        "print(len(tiktoken.get_encoding('o200k_base').encode('hi there')))"
+    ),
+    "operator": "import kubechat_operator.main; print(2)",
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_app_imports_counts_tokens_offline_and_trusts_public_cas(
+    images: dict[str, Image], kind: str
+) -> None:
+    cas = "ssl.create_default_context().cert_store_stats()['x509_ca']"
+    done = in_image(
+        images[kind], "python", "-c", f"import os, ssl; {CHECKS[kind]}; print(os.getuid(), {cas})"
+    )
+    assert done.returncode == 0, done.stderr
+    checked, uid, trusted = done.stdout.split()
+    assert checked == "2" and uid == "10001"
+    assert int(trusted) > 100, "no CA bundle: httpx2 (truststore) could not verify the upstream's certificate"
+
+
+def test_a_second_build_with_nothing_changed_is_a_cache_hit(images: dict[str, Image]) -> None:
+    before = images["chatbot"].archive.path.stat().st_mtime_ns
+    start = time.monotonic()
+    again = ocibuild.build_image("chatbot")
+    assert time.monotonic() - start < 1
+    assert again == images["chatbot"].archive and again.path.stat().st_mtime_ns == before
+    done = subprocess.run(
+        [sys.executable, "-S", str(REPO / "images" / "ocibuild.py"), "build", "all"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()] == [
+        "docker.io/kubechat/chatbot:dev",
+        "docker.io/kubechat/operator:dev",
+        "docker.io/kubechat/pause:1",
+    ]
+
+
+# ---- the pause image ---------------------------------------------------------------------------------------
+def interpreter_requested(binary: bytes) -> bool:
+    """Whether an ELF64 binary names a dynamic loader (a PT_INTERP program header): not static."""
+    offset, size, count = struct.unpack_from("<Q", binary, 32)[0], *struct.unpack_from("<HH", binary, 54)
+    return any(struct.unpack_from("<I", binary, offset + i * size)[0] == 3 for i in range(count))
+
+
+def test_the_pause_image_is_one_static_binary(images: dict[str, Image]) -> None:
+    image = images["pause"]
+    assert (
+        image.config["config"]["Entrypoint"] == ["/pause"] and image.config["config"]["User"] == "65535:65535"
+    )
+    assert [path.name for path in image.rootfs.iterdir()] == ["pause"]
+    binary = (image.rootfs / "pause").read_bytes()
+    assert binary[:4] == b"\x7fELF" and not interpreter_requested(binary)
+    assert (image.rootfs / "pause").stat().st_mode & 0o777 == 0o755
+
+
+def test_pause_reaps_orphans_as_pid_1_and_stops_on_sigterm(images: dict[str, Image]) -> None:
+    outer = subprocess.Popen(
+        ["unshare", "--pid", "--fork", "--kill-child", str(images["pause"].rootfs / "pause")]
+    )
+    try:
+        children = Path(f"/proc/{outer.pid}/task/{outer.pid}/children")
+        pause = int(eventually(lambda: children.read_text().split()[0], timeout=10, what="pause as PID 1"))
+        # sh exits at once; its two sleeps are orphaned to PID 1, which must collect them when they end
+        subprocess.run(
+            ["nsenter", "--target", str(pause), "--pid", "--", "sh", "-c", "sleep 0.2 & sleep 0.3 & exit 0"],
+            check=True,
+        )
+        own = Path(f"/proc/{pause}/task/{pause}/children")
+        time.sleep(0.5)
+        eventually(lambda: _assert_empty(own.read_text()), timeout=10, what="the orphans reaped")
+        os.kill(pause, signal.SIGTERM)
+        assert outer.wait(timeout=10) == 0
+    finally:
+        if outer.poll() is None:
+            outer.kill()
+            outer.wait()
+
+
+def _assert_empty(text: str) -> None:
+    assert not text.strip(), f"zombies left: {text}"
+
+
+# ---- containerd --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def containerd() -> Iterator[list[str]]:
+    """A private containerd (its own root, state and socket under a temp dir); yields the ctr command."""
+    if not shutil.which("containerd") or not shutil.which("ctr"):
+        pytest.skip("containerd and ctr are needed")
+    folder = Path(tempfile.mkdtemp(prefix="ctd-", dir="/tmp"))  # short: a unix socket path has 108 bytes
+    socket = folder / "containerd.sock"
+    (folder / "config.toml").write_text(
+        f'version = 2\nroot = "{folder}/root"\nstate = "{folder}/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{socket}"\n'
+        f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{folder}/opt"\n'
+    )
+    log = (folder / "containerd.log").open("wb")
+    proc = subprocess.Popen(["containerd", "--config", str(folder / "config.toml")], stdout=log, stderr=log)
+    ctr = ["ctr", "--address", str(socket), "--namespace", "k8s.io"]
+    try:
+        eventually(lambda: subprocess.run([*ctr, "version"], check=True, capture_output=True), timeout=30)
+        yield ctr
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+        shutil.rmtree(folder)
+
+
+def test_containerd_imports_and_unpacks_all_three(images: dict[str, Image], containerd: list[str]) -> None:
+    references = [image.archive.reference for image in images.values()]
+    for image in images.values():
+        done = subprocess.run(
+            [*containerd, "images", "import", str(image.archive.path)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+    listed = subprocess.run([*containerd, "images", "ls", "-q"], capture_output=True, text=True, check=True)
+    assert set(references) <= set(listed.stdout.split())
+    ready = subprocess.run([*containerd, "images", "check", "-q"], capture_output=True, text=True, check=True)
+    assert set(references) <= set(ready.stdout.split()), "fully present and unpacked"
