@@ -155,7 +155,7 @@ and drop `openAI.baseUrl` (examples/helpdesk.yaml, docs/install.md):
         cluster = LocalCluster.from_state(self.workdir)
         if cluster is not None:
             cluster.stop()
-        say("demo removed (cluster, node, images stay cached in ~/.cache/kubechat)")
+        say(f"demo removed (binaries and images stay cached in {build.cache_dir()})")
 
 
 def ask(url: str, message: str, body: dict[str, Any] | None = None, timeout: float = 60) -> dict[str, Any]:
