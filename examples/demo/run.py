@@ -117,6 +117,12 @@ and drop `openAI.baseUrl` (examples/helpdesk.yaml, docs/install.md):
         return cluster
 
     def _echo_server(self, cluster: LocalCluster) -> Process:
+        """The echo server of an earlier `make demo` on this cluster, or a new one."""
+        if self.state_file.exists():
+            earlier = json.loads(self.state_file.read_text())["echo"]
+            process = Process("echo-openai", earlier["pid"], earlier["argv"], Path(os.devnull))
+            if is_running(process):
+                return process
         argv = [sys.executable, str(HERE / "echo_openai.py"), "--host", node.NODE_IP]
         argv += ["--port", str(ECHO_PORT)]
         echo = spawn("echo-openai", argv, cluster.log_dir)  # inherits this thread's network namespace
