@@ -101,12 +101,11 @@ and drop `openAI.baseUrl` (examples/helpdesk.yaml, docs/install.md):
     def _cluster(self) -> LocalCluster:
         """The running real-node cluster (entering its network), or a new one."""
         running = LocalCluster.from_state(self.workdir)
-        if running is not None and running.processes and all(map(is_running, running.processes)):
+        if running is not None and running.is_complete():
             if running.holder is None:
                 raise SystemExit(f"[demo] a kwok cluster runs in {self.workdir}: `make cluster-down` first")
-            if is_running(running.holder):
-                node.switch_network(f"/proc/{running.holder.pid}/ns/net")
-                return running
+            node.switch_network(f"/proc/{running.holder.pid}/ns/net")
+            return running
         if running is not None:
             running.stop()  # what is left of a broken one
         cluster = LocalCluster(self.workdir, real_node=True, timeout=180)
@@ -118,11 +117,9 @@ and drop `openAI.baseUrl` (examples/helpdesk.yaml, docs/install.md):
 
     def _echo_server(self, cluster: LocalCluster) -> Process:
         """The echo server of an earlier `make demo` on this cluster, or a new one."""
-        if self.state_file.exists():
-            earlier = json.loads(self.state_file.read_text())["echo"]
-            process = Process("echo-openai", earlier["pid"], earlier["argv"], Path(os.devnull))
-            if is_running(process):
-                return process
+        earlier = self._recorded_echo()
+        if earlier is not None and is_running(earlier):
+            return earlier
         argv = [sys.executable, str(HERE / "echo_openai.py"), "--host", node.NODE_IP]
         argv += ["--port", str(ECHO_PORT)]
         echo = spawn("echo-openai", argv, cluster.log_dir)  # inherits this thread's network namespace
@@ -152,11 +149,18 @@ and drop `openAI.baseUrl` (examples/helpdesk.yaml, docs/install.md):
         )  # fmt: skip
         say("operator running in the cluster (Helm release kubechat in kubechat-system)")
 
+    def _recorded_echo(self) -> Process | None:
+        """The echo server an earlier `up` recorded (by PID), if any."""
+        if not self.state_file.exists():
+            return None
+        echo = json.loads(self.state_file.read_text())["echo"]
+        return Process("echo-openai", echo["pid"], echo["argv"], Path(os.devnull))
+
     # ---- down --------------------------------------------------------------------------------------------
     def down(self) -> None:
-        if self.state_file.exists():
-            echo = json.loads(self.state_file.read_text())["echo"]
-            stop([Process("echo-openai", echo["pid"], echo["argv"], Path(os.devnull))])
+        echo = self._recorded_echo()
+        if echo is not None:
+            stop([echo])
             self.state_file.unlink()
         cluster = LocalCluster.from_state(self.workdir)
         if cluster is not None:

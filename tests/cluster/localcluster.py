@@ -273,16 +273,14 @@ class LocalCluster:
 
     def _stop_node(self) -> None:
         """The kubelet and kube-proxy first (nothing restarts pods then), then what runs in the node's cgroups
-        (the pods), containerd, and whatever else is left in the namespace (containerd's shims)."""
+        (the pods and containerd's shims), then containerd. Anything else left in the namespace goes with it
+        in _stop_namespace."""
         agents = [p for p in self.processes if p.name in ("kubelet", "kube-proxy")]
         stop(agents, STOP_TIMEOUT)
         if self.node_layout is not None:
             node.kill_all(node.cgroup_members(self.node_layout.cgroup_root))
         stop([p for p in self.processes if p.name == "containerd"], STOP_TIMEOUT)
         self.processes = [p for p in self.processes if p.name not in ("kubelet", "kube-proxy", "containerd")]
-        if self.holder is not None:
-            tracked = {p.pid for p in self.processes}
-            node.kill_all(pid for pid in node.namespace_members(self.holder.pid) if pid not in tracked)
 
     def _stop_namespace(self) -> None:
         if self._host_netns is not None:
@@ -299,6 +297,11 @@ class LocalCluster:
                 self._log(f"could not remove cgroups: {', '.join(map(str, left))}")
             shutil.rmtree(self.node_layout.scratch, ignore_errors=True)
             self.node_layout = None
+
+    def is_complete(self) -> bool:
+        """Every recorded process (and a real node's namespace holder) still runs."""
+        holder = [self.holder] if self.holder is not None else []
+        return bool(self.processes) and all(is_running(p) for p in [*self.processes, *holder])
 
     def __enter__(self) -> ClusterInfo:
         return self.start()
@@ -421,7 +424,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     workdir = cluster_dir()
     running = LocalCluster.from_state(workdir)
     if running is not None:
-        if running.processes and all(is_running(p) for p in running.processes):
+        if running.is_complete():
             print(f"already running at {running.server}; kubeconfig: {running.kubeconfig}")
             return 0
         print("cleaning up a previous cluster that is no longer complete", file=sys.stderr)

@@ -77,23 +77,20 @@ def _session_cluster(
         atexit.unregister(local.stop)
 
 
-def _api_client(info: ClusterInfo) -> Any:
-    return config.new_client_from_config(config_file=str(info.kubeconfig))  # type: ignore[no-untyped-call]
-
-
 @pytest.fixture
 def kube_api(cluster: ClusterInfo) -> Iterator[Any]:
     """A kubernetes.client.ApiClient authenticated as cluster admin, verifying the server against our CA."""
-    api = _api_client(cluster)
-    try:
-        yield api
-    finally:
-        api.close()
+    yield from _admin_client(cluster)
 
 
 @pytest.fixture
 def real_kube_api(real_cluster: ClusterInfo) -> Iterator[Any]:
-    api = _api_client(real_cluster)
+    """`kube_api` on the real-node cluster."""
+    yield from _admin_client(real_cluster)
+
+
+def _admin_client(info: ClusterInfo) -> Iterator[Any]:
+    api = config.new_client_from_config(config_file=str(info.kubeconfig))  # type: ignore[no-untyped-call]
     try:
         yield api
     finally:
