@@ -10,33 +10,39 @@ import logging
 import os
 import pathlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx2
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatbot_service import __version__
-from chatbot_service.errors import BadRequest, ChatError, SessionNotFound
+from chatbot_service.api_models import (
+    SESSION_ID_PATTERN,
+    ChatReply,
+    ChatRequest,
+    CompletionRequest,
+)
+from chatbot_service.errors import BadRequest, ChatError, SessionNotFound, UnsupportedMediaType
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.service import ChatService, TurnResult
 from chatbot_service.sessions import SessionStore, Stores
 from chatbot_service.sources import read_local
 from chatbot_service.tokens import get_encoding
 from chatbot_service.upstream import Upstream, map_transport_error
+from chatbot_service.validation import parse_json, validation_error
 
 if TYPE_CHECKING:
     from chatbot_service.appconfig import Source
 
 log = logging.getLogger("kubechat.http")
 
-SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 MAX_BODY_BYTES = 1 << 20
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 STATIC_DIR = pathlib.Path(__file__).parent / "static"
@@ -50,26 +56,6 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-
-
-class ChatRequest(BaseModel):
-    """A turn in a server-side conversation."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    message: str = Field(description="The user's message.")
-    session_id: str | None = Field(
-        default=None,
-        pattern=SESSION_ID_PATTERN,
-        description="Continue this session; omit to start a new one.",
-    )
-    stream: bool = Field(default=False, description="Stream the reply as Server-Sent Events.")
-
-
-class ChatReply(BaseModel):
-    session_id: str
-    reply: str
-    usage: dict[str, int]
-    truncated: bool
 
 
 SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
@@ -124,6 +110,7 @@ def create_app(
             "One chat bot: conversations kept server-side at /chat; OpenAI-compatible /v1/chat/completions."
         ),
     )
+    app.router.route_class = JSONRoute
     app.state.service = service
     app.state.holder = holder
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
@@ -135,15 +122,13 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = exc.errors()
-        if any(p.get("type") == "json_invalid" for p in problems):
-            return error_response(BadRequest("the request body is not valid JSON", code="malformed_json"))
-        described = "; ".join(
-            f"{'.'.join(str(x) for x in p.get('loc', ())[1:]) or 'body'}: {p.get('msg')}" for p in problems
-        )
-        return JSONResponse(
-            {"error": {"type": "invalid_request_error", "code": "invalid_body", "message": described}},
-            status_code=422,
-        )
+        for problem in problems:
+            if problem.get("type") == "json_invalid":
+                reason = (problem.get("ctx") or {}).get("error", "")
+                return error_response(
+                    BadRequest(f"the request body is not valid JSON: {reason}", code="malformed_json")
+                )
+        return error_response(validation_error(problems))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -216,22 +201,18 @@ def create_app(
         return Response(status_code=204)
 
     @app.post("/v1/chat/completions", tags=["openai"])
-    async def completions(request: Request) -> Response:
+    async def completions(request: CompletionRequest) -> Response:
         """OpenAI-compatible and stateless; the bot's system prompt always comes first, its model is
         used whatever the request names, and a client's system messages follow the bot's prompt."""
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise BadRequest("the request body is not valid JSON", code="malformed_json") from None
-        if not isinstance(body, dict):
-            raise BadRequest("the request body must be a JSON object", code="invalid_body")
         settings = holder.require()
-        params, prompt = service.completion_params(settings, body)
+        params, prompt = service.completion_params(settings, request)
         headers = {
             "X-Kubechat-Prompt-Tokens": str(prompt.tokens),
             "X-Kubechat-Truncated": str(prompt.truncated).lower(),
         }
-        if not body.get("stream"):
+        if request.stream_options is not None:
+            params["stream_options"] = request.stream_options.model_dump(exclude_none=True)
+        if not request.stream:
             content = await upstream.complete_raw(settings, params)
             return Response(content, media_type="application/json", headers=headers)
         stream = upstream.stream(settings, params)
@@ -268,6 +249,35 @@ def create_app(
 
     app.mount("/static", PageFiles(directory=STATIC_DIR), name="static")
     return app
+
+
+class JSONRequest(Request):
+    """A request whose JSON body is read strictly (see ``validation.parse_json``)."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = parse_json(await self.body())
+        return self._json
+
+
+class JSONRoute(APIRoute):
+    """Routes that take a JSON body take only ``application/json`` (or ``+json``): a body a browser
+    may send cross-site without asking (``text/plain``, forms) is refused before it is read."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def strict(request: Request) -> Response:
+            media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if media_type != "application/json" and not media_type.endswith("+json"):
+                raise UnsupportedMediaType(
+                    f"send the body as application/json (got {media_type[:60] or 'no content type'})"
+                )
+            return await handler(JSONRequest(request.scope, request.receive))
+
+        return strict
 
 
 class PageFiles(StaticFiles):

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx2
 
+from chatbot_service.api_models import CompletionRequest
 from chatbot_service.conversation import Message, Prompt, fit
 from chatbot_service.errors import BadRequest, ChatError, MessageTooLong, SessionNotFound, UpstreamError
 from chatbot_service.holder import SettingsHolder
@@ -70,7 +71,7 @@ class ChatService:
             "model": settings.model,
             "messages": [m.as_openai() for m in prompt.messages],
             settings.model_info.reply_limit_param: min(
-                reply_limit or settings.max_reply_tokens, settings.max_reply_tokens
+                settings.max_reply_tokens if reply_limit is None else reply_limit, settings.max_reply_tokens
             ),
         }
         if settings.temperature is not None:
@@ -192,38 +193,31 @@ class ChatService:
 
     # -- OpenAI-compatible, stateless (/v1/chat/completions) ---------------------------
 
-    def completion_params(self, settings: Settings, request: dict[str, Any]) -> tuple[dict[str, Any], Prompt]:
-        """Validate a client's Chat Completions request and turn it into this bot's upstream call."""
+    def completion_params(
+        self, settings: Settings, request: CompletionRequest
+    ) -> tuple[dict[str, Any], Prompt]:
+        """Turn a validated Chat Completions request into this bot's upstream call."""
         encoding = self._encoding(settings)
-        raw_messages = request.get("messages")
-        if not isinstance(raw_messages, list) or not raw_messages:
-            raise BadRequest("'messages' must be a non-empty list", code="invalid_messages")
-        for unsupported in ("tools", "functions", "tool_choice", "function_call"):
-            if request.get(unsupported) is not None:
-                raise BadRequest(
-                    f"'{unsupported}' is not supported by kubechat bots", code="unsupported_parameter"
-                )
         pinned = [self._system_message(settings)]
         rest: list[Message] = []
-        for i, raw in enumerate(raw_messages):
-            role, content = _client_message(i, raw)
+        for i, raw in enumerate(request.messages):
+            content = raw.text
             if len(content) > settings.max_message_chars:
-                raise MessageTooLong.chars(len(content), settings.max_message_chars)
-            message = Message.create(encoding, role, content)
+                error = MessageTooLong.chars(len(content), settings.max_message_chars)
+                error.param = f"messages[{i}].content"
+                raise error
+            message = Message.create(encoding, raw.role, content)
             # A client's own system/developer messages follow the bot's prompt and are never trimmed.
-            (pinned if role in ("system", "developer") else rest).append(message)
+            (pinned if raw.role in ("system", "developer") else rest).append(message)
         if not rest:
             raise BadRequest(
-                "'messages' needs at least one user or assistant message", code="invalid_messages"
+                "'messages' needs at least one user or assistant message",
+                code="invalid_value",
+                param="messages",
             )
         prompt = fit(pinned, rest[:-1], rest[-1], settings.budget)
-        limit = request.get("max_completion_tokens") or request.get("max_tokens")
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise BadRequest("'max_tokens' must be a positive integer", code="invalid_parameter")
-        params = self._params(settings, prompt, limit)
-        for name in _PASSED_THROUGH:
-            if request.get(name) is not None:
-                params[name] = request[name]
+        params = self._params(settings, prompt, request.reply_limit)
+        params.update(request.passed_through())
         return params, prompt
 
 
@@ -235,58 +229,13 @@ async def _prepended(
         yield event
 
 
-_PASSED_THROUGH = (
-    "temperature",
-    "top_p",
-    "n",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "user",
-    "response_format",
-    "logprobs",
-    "top_logprobs",
-    "logit_bias",
-    "stream_options",
-)
-
-
-def _client_message(index: int, raw: object) -> tuple[str, str]:
-    if not isinstance(raw, dict):
-        raise BadRequest(
-            f"messages[{index}] must be an object with 'role' and 'content'", code="invalid_messages"
-        )
-    role = raw.get("role")
-    if role not in ("system", "developer", "user", "assistant"):
-        raise BadRequest(
-            f"messages[{index}].role must be system, developer, user or assistant (got {str(role)[:40]!r})",
-            code="invalid_messages",
-        )
-    content = raw.get("content")
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if (
-                not isinstance(part, dict)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
-                raise BadRequest(
-                    f"messages[{index}].content: only text parts are supported", code="invalid_messages"
-                )
-            texts.append(part["text"])
-        content = "".join(texts)
-    if not isinstance(content, str):
-        raise BadRequest(f"messages[{index}].content must be a string", code="invalid_messages")
-    return str(role), content
-
-
 def _reply_text(body: dict[str, Any]) -> str:
     try:
         content = body["choices"][0]["message"].get("content")
     except (KeyError, IndexError, TypeError, AttributeError):
-        raise UpstreamError(502, "upstream_bad_response", "the model API answered without a reply") from None
+        content = 0
+    if content is not None and not isinstance(content, str):
+        raise UpstreamError(502, "upstream_bad_response", "the model API answered without a reply")
     return content or ""
 
 

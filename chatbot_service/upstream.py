@@ -66,16 +66,18 @@ class Upstream:
 
     async def complete(self, settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
         """One non-streamed completion, returned as the upstream's JSON object."""
-        body: dict[str, Any] = json.loads(await self.complete_raw(settings, params))
-        return body
+        return completion_body(await self.complete_raw(settings, params))
 
     async def complete_raw(self, settings: Settings, params: dict[str, Any]) -> bytes:
-        """One non-streamed completion, the upstream's body bytes as they came (for pass-through)."""
+        """One non-streamed completion, the upstream's body bytes as they came (for pass-through),
+        once they are known to be a completion: a 200 carrying an HTML page is a bad gateway."""
 
         async def call() -> bytes:
             return (await self._post(settings, params)).content
 
-        return await _mapped(call, settings)
+        content = await _mapped(call, settings)
+        completion_body(content)
+        return content
 
     @asynccontextmanager
     async def stream(self, settings: Settings, params: dict[str, Any]) -> AsyncIterator[httpx2.Response]:
@@ -95,6 +97,11 @@ class Upstream:
             return cast(httpx2.Response, events)  # typed as a stream; at run time the raw response
 
         response = await _mapped(call, settings)
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            await response.aclose()
+            raise UpstreamError(
+                502, "upstream_bad_response", "the model API answered a stream request without a stream"
+            )
         try:
             yield response
         finally:
@@ -108,6 +115,19 @@ async def _mapped(call: Callable[[], Coroutine[Any, Any, T]], settings: Settings
         raise map_error(exc, settings) from None
     except httpx2.HTTPError as exc:
         raise map_transport_error(exc) from None
+
+
+def completion_body(content: bytes) -> dict[str, Any]:
+    """The upstream's answer as a JSON object with ``choices``, or a 502 saying it was not one."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        raise UpstreamError(
+            502, "upstream_bad_response", "the model API answered with something that is not a completion"
+        )
+    return body
 
 
 def map_error(exc: openai.APIError, settings: Settings) -> UpstreamError:
@@ -133,6 +153,19 @@ def map_error(exc: openai.APIError, settings: Settings) -> UpstreamError:
             "upstream_rate_limited",
             "the model API is rate limiting this bot; retry later",
             headers={"Retry-After": retry_after},
+        )
+    if isinstance(exc, openai.APIStatusError) and 400 <= exc.status_code < 500:
+        # The request itself was refused (a parameter this model does not take, content policy ...):
+        # the client's to fix, so a 4xx it will not retry, with the upstream's own code and param.
+        error = exc.body if isinstance(exc.body, dict) else {}
+        code, param = error.get("code"), error.get("param")
+        message = _redact(str(error.get("message") or exc.message), settings)
+        return UpstreamError(
+            exc.status_code,
+            code if isinstance(code, str) and code else "upstream_rejected",
+            f"the model API refused the request: {message}",
+            type="invalid_request_error",
+            param=param if isinstance(param, str) else None,
         )
     if isinstance(exc, openai.APIStatusError):
         detail = _redact(exc.message, settings)
