@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from chatbot_service import __version__
 from chatbot_service.api_models import (
@@ -31,6 +31,7 @@ from chatbot_service.api_models import (
 )
 from chatbot_service.errors import BadRequest, ChatError, SessionNotFound, UnsupportedMediaType
 from chatbot_service.holder import SettingsHolder
+from chatbot_service.middleware import BodyLimit
 from chatbot_service.service import ChatService, TurnResult
 from chatbot_service.sessions import SessionStore, Stores
 from chatbot_service.sources import read_local
@@ -329,28 +330,3 @@ async def _passthrough(stream: Any, response: Any) -> AsyncIterator[bytes]:
         yield f"data: {json.dumps(error.body())}\n\n".encode()
     finally:
         await stream.__aexit__(None, None, None)
-
-
-class BodyLimit:
-    """Refuse bodies that declare more than ``limit`` bytes before reading them."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                    response = error_response(
-                        _TooLarge(f"the request body is larger than {self.limit} bytes")
-                    )
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-
-class _TooLarge(ChatError):
-    status = 413
-    type = "invalid_request_error"
-    code = "body_too_large"

@@ -3,6 +3,7 @@ HTTP (raw bytes where a well-behaved client could not send them, the real openai
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx2
@@ -184,3 +185,37 @@ def test_an_upstream_answering_html_is_a_bad_gateway_not_a_500(
         response = httpx2.post(bot.url + path, json={**body, "stream": stream}, timeout=10)
         assert response.status_code == 502, response.text
         assert response.json()["error"]["code"] == "upstream_bad_response"
+
+
+def _chunked(total: int, piece: int = 64 << 10) -> Iterator[bytes]:
+    yield b'{"message": "'
+    sent = 0
+    while sent < total:
+        yield b"x" * piece
+        sent += piece
+    yield b'"}'
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/chat"),
+        ("POST", "/v1/chat/completions"),
+        ("DELETE", "/sessions/abc"),
+        ("GET", "/healthz"),
+        ("POST", "/nothing-here"),
+    ],
+)
+def test_a_chunked_body_over_the_limit_is_413_on_every_route(
+    bot: ThreadedServer, upstream: FakeOpenAI, method: str, path: str
+) -> None:
+    response = httpx2.request(method, bot.url + path, content=_chunked(10 << 20), headers=JSON, timeout=30)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "body_too_large"
+    assert upstream.requests == []
+
+
+def test_a_chunked_body_under_the_limit_is_read_whole(bot: ThreadedServer, upstream: FakeOpenAI) -> None:
+    response = httpx2.post(bot.url + "/chat", content=_chunked(20_000, 1000), headers=JSON, timeout=10)
+    assert response.status_code == 200, response.text
+    assert upstream.last.body["messages"][-1]["content"] == "x" * 20_000
