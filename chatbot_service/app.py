@@ -10,13 +10,12 @@ import logging
 import os
 import pathlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx2
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -32,11 +31,13 @@ from chatbot_service.api_models import (
 from chatbot_service.errors import BadRequest, ChatError, SessionNotFound, UnsupportedMediaType
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.middleware import BodyLimit
+from chatbot_service.relay import Relay, RelayResponse
 from chatbot_service.service import ChatService, TurnResult
 from chatbot_service.sessions import SessionStore, Stores
 from chatbot_service.sources import read_local
+from chatbot_service.sse import KEEPALIVE
 from chatbot_service.tokens import get_encoding
-from chatbot_service.upstream import Upstream, map_transport_error
+from chatbot_service.upstream import Upstream
 from chatbot_service.validation import parse_json, validation_error
 
 if TYPE_CHECKING:
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("kubechat.http")
 
 MAX_BODY_BYTES = 1 << 20
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 STATIC_DIR = pathlib.Path(__file__).parent / "static"
 # The chat page and its files: only this origin's own scripts, styles and connections, no inline code.
 PAGE_HEADERS = {
@@ -180,8 +180,8 @@ def create_app(
         if not request.stream:
             result = await service.turn(request.session_id, request.message)
             return JSONResponse(result.as_json())
-        events = await service.turn_stream(request.session_id, request.message)
-        return StreamingResponse(_chat_events(events), media_type="text/event-stream", headers=SSE_HEADERS)
+        relay, events = await service.turn_stream(request.session_id, request.message)
+        return RelayResponse(relay, _chat_events(events), {})
 
     @app.get("/sessions/{session_id}", tags=["conversations"])
     async def get_session(session_id: SessionId) -> dict[str, Any]:
@@ -216,11 +216,10 @@ def create_app(
         if not request.stream:
             content = await upstream.complete_raw(settings, params)
             return Response(content, media_type="application/json", headers=headers)
-        stream = upstream.stream(settings, params)
-        response = await stream.__aenter__()
-        return StreamingResponse(
-            _passthrough(stream, response), media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
-        )
+        resources = contextlib.AsyncExitStack()
+        response = await resources.enter_async_context(upstream.stream(settings, params))
+        relay = Relay(response, resources, settings.stream_keepalive)
+        return RelayResponse(relay, _passthrough(relay), headers)
 
     @app.get("/v1/models", tags=["openai"])
     async def models() -> dict[str, Any]:
@@ -306,10 +305,12 @@ def _local_loader(env: Mapping[str, str], source: Source | None) -> Callable[[],
     return lambda: read_local(env, app_configuration=source.values())
 
 
-async def _chat_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+async def _chat_events(events: AsyncIterator[dict[str, Any]]) -> AsyncGenerator[bytes, None]:
     async for event in events:
         if "delta" in event:
             yield sse("delta", event)
+        elif "keepalive" in event:
+            yield KEEPALIVE
         elif "session_id" in event:
             yield sse("session", event)
         elif "done" in event:
@@ -320,13 +321,11 @@ async def _chat_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[b
             yield sse("error", {**error.body(), "status": error.status})
 
 
-async def _passthrough(stream: Any, response: Any) -> AsyncIterator[bytes]:
-    """Forward the upstream's event stream byte for byte; a break mid-stream ends with an error event."""
+async def _passthrough(relay: Relay) -> AsyncGenerator[bytes, None]:
+    """The upstream's events, each forwarded whole once it is complete; a stream that ends badly
+    ends with one ``data: {"error": ...}`` event (which OpenAI SDKs raise as an APIError)."""
     try:
-        async for chunk in response.aiter_bytes():
-            yield chunk
-    except httpx2.HTTPError as exc:
-        error = map_transport_error(exc)
-        yield f"data: {json.dumps(error.body())}\n\n".encode()
-    finally:
-        await stream.__aexit__(None, None, None)
+        async for event in relay.events():
+            yield KEEPALIVE if event is None else event.encoded()
+    except ChatError as exc:
+        yield b"data: " + json.dumps(exc.body(), separators=(",", ":")).encode() + b"\n\n"

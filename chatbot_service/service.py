@@ -7,22 +7,22 @@ the reply together only after the model answered, so a failed turn leaves the se
 
 from __future__ import annotations
 
-import json
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx2
-
 from chatbot_service.api_models import CompletionRequest
 from chatbot_service.conversation import Message, Prompt, fit
 from chatbot_service.errors import BadRequest, ChatError, MessageTooLong, SessionNotFound, UpstreamError
 from chatbot_service.holder import SettingsHolder
+from chatbot_service.relay import Relay
 from chatbot_service.sessions import Stores
 from chatbot_service.settings import Settings
+from chatbot_service.sse import delta_text
 from chatbot_service.tokens import Encoding, get_encoding
-from chatbot_service.upstream import Upstream, map_transport_error
+from chatbot_service.upstream import Upstream
 
 
 @dataclass(frozen=True)
@@ -133,63 +133,58 @@ class ChatService:
         usage["dropped_messages"] = prompt.dropped
         return TurnResult(session_id, reply, usage, prompt.truncated)
 
-    async def turn_stream(self, session_id: str | None, text: str) -> AsyncIterator[dict[str, Any]]:
-        """A turn whose reply streams: yields ``{"delta": ...}`` events, then ``{"done": TurnResult}``.
+    async def turn_stream(
+        self, session_id: str | None, text: str
+    ) -> tuple[Relay, AsyncIterator[dict[str, Any]]]:
+        """A turn whose reply streams: the relay (which the caller must close, however the client
+        leaves) and its events: ``{"session_id"}``, ``{"delta"}``s and ``{"keepalive"}``s, then
+        ``{"done": TurnResult}`` (the turn is recorded) or ``{"error": ChatError}`` (nothing is).
 
-        Errors before the first delta raise (so HTTP can answer with a status); later ones are
-        yielded as ``{"error": ChatError}`` and nothing is recorded.
+        Errors before the upstream's first byte raise, so HTTP can answer with a status.
         """
         settings = self.holder.require()
         self.check_message(settings, text)
         sid = session_id or new_session_id()
-        lock = self.stores.get(settings).lock(sid)
-        await lock.__aenter__()
+        resources = contextlib.AsyncExitStack()
         try:
+            await resources.enter_async_context(self.stores.get(settings).lock(sid))
             user, prompt, history = await self._prepare(settings, sid, session_id is None, text)
             params = self._params(settings, prompt)
             params["stream_options"] = {"include_usage": True}
-            stream = self.upstream.stream(settings, params)
-            response = await stream.__aenter__()
+            response = await resources.enter_async_context(self.upstream.stream(settings, params))
         except BaseException:
-            await lock.__aexit__(None, None, None)
+            await resources.aclose()
             raise
-        relay = self._relay(settings, sid, user, prompt, history, lock, stream, response)
-        # Step into the relay's try block now: a generator that never started would not run its finally
-        # if the client left before the body was sent, and the session would stay locked.
-        first = await relay.__anext__()
-        return _prepended(first, relay)
+        relay = Relay(response, resources, settings.stream_keepalive)
+        return relay, self._chat_events(relay, settings, sid, user, prompt, history)
 
-    async def _relay(
+    async def _chat_events(
         self,
+        relay: Relay,
         settings: Settings,
         sid: str,
         user: Message,
         prompt: Prompt,
         history: Sequence[Message],
-        lock: Any,
-        stream: Any,
-        response: Any,
     ) -> AsyncIterator[dict[str, Any]]:
+        yield {"session_id": sid}
         parts: list[str] = []
         usage: dict[str, Any] | None = None
         try:
-            yield {"session_id": sid}
-            try:
-                async for chunk in sse_json(response):
-                    for choice in chunk.get("choices") or ():
-                        delta = (choice.get("delta") or {}).get("content")
-                        if delta:
-                            parts.append(delta)
-                            yield {"delta": delta}
-                    usage = chunk.get("usage") or usage
-            except ChatError as exc:
-                yield {"error": exc}
-                return
-            result = await self._record(settings, sid, user, "".join(parts), usage, prompt, history)
-            yield {"done": result}
-        finally:
-            await stream.__aexit__(None, None, None)
-            await lock.__aexit__(None, None, None)
+            async for event in relay.events():
+                if event is None:
+                    yield {"keepalive": True}
+                elif event.chunk is not None:
+                    delta = delta_text(event.chunk)
+                    if delta:
+                        parts.append(delta)
+                        yield {"delta": delta}
+                    usage = event.chunk.get("usage") or usage
+        except ChatError as exc:
+            yield {"error": exc}
+            return
+        result = await self._record(settings, sid, user, "".join(parts), usage, prompt, history)
+        yield {"done": result}
 
     # -- OpenAI-compatible, stateless (/v1/chat/completions) ---------------------------
 
@@ -221,14 +216,6 @@ class ChatService:
         return params, prompt
 
 
-async def _prepended(
-    first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]
-) -> AsyncIterator[dict[str, Any]]:
-    yield first
-    async for event in rest:
-        yield event
-
-
 def _reply_text(body: dict[str, Any]) -> str:
     try:
         content = body["choices"][0]["message"].get("content")
@@ -237,22 +224,3 @@ def _reply_text(body: dict[str, Any]) -> str:
     if content is not None and not isinstance(content, str):
         raise UpstreamError(502, "upstream_bad_response", "the model API answered without a reply")
     return content or ""
-
-
-async def sse_json(response: Any) -> AsyncIterator[dict[str, Any]]:
-    """The JSON objects of an OpenAI Server-Sent Events body, up to ``[DONE]``; transport
-    failures become ``ChatError``s."""
-    try:
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                return
-            event = json.loads(data)
-            if isinstance(event, dict) and "error" in event:
-                message = str((event["error"] or {}).get("message", "error"))[:300]
-                raise UpstreamError(502, "upstream_error", f"the model API failed mid-reply: {message}")
-            yield event
-    except httpx2.HTTPError as exc:
-        raise map_transport_error(exc) from None

@@ -79,6 +79,8 @@ class FakeOpenAI:
         self.faults: deque[Fault] = deque()
         self.requests: list[Seen] = []
         self.url = ""  # set by whoever serves it: the base URL clients use, ending in /v1
+        self.streams_open = 0  # streams being sent now
+        self.streams_cut = 0  # streams whose reader left before the reply was sent
         self._lock = threading.Lock()
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.completions, methods=["POST"])])
 
@@ -174,13 +176,21 @@ class FakeOpenAI:
                 }
                 return f"data: {json.dumps(event)}\n\n".encode()
 
-            yield chunk({"role": "assistant", "content": ""})
-            for i, piece in enumerate(pieces):
-                if break_after is not None and i >= break_after:
-                    raise ConnectionResetError("scripted break mid-stream")
-                if chunk_delay:
-                    await asyncio.sleep(chunk_delay)
-                yield chunk({"content": piece})
+            self.streams_open += 1
+            finished = False
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                for i, piece in enumerate(pieces):
+                    if break_after is not None and i >= break_after:
+                        raise ConnectionResetError("scripted break mid-stream")
+                    if chunk_delay:
+                        await asyncio.sleep(chunk_delay)
+                    yield chunk({"content": piece})
+                finished = True
+            finally:
+                self.streams_open -= 1
+                if not finished:
+                    self.streams_cut += 1
             yield chunk({}, "stop")
             if include_usage:
                 final = {
