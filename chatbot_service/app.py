@@ -30,6 +30,7 @@ from chatbot_service.api_models import (
 )
 from chatbot_service.errors import BadRequest, ChatError, SessionNotFound, UnsupportedMediaType
 from chatbot_service.holder import SettingsHolder
+from chatbot_service.memory import memory_limit, release_freed, store_budget
 from chatbot_service.middleware import BodyLimit
 from chatbot_service.relay import Relay, RelayResponse
 from chatbot_service.service import ChatService, TurnResult
@@ -79,7 +80,7 @@ def create_app(
     source = None if load else _app_configuration(env)
     holder = SettingsHolder(load or _local_loader(env, source))
     holder.reload()
-    stores = Stores()
+    stores = Stores(store_budget(memory_limit(env)))
     upstream = Upstream()
     service = ChatService(holder, stores, upstream)
     reload_interval = float(env.get("KUBECHAT_RELOAD_INTERVAL", "5"))
@@ -89,7 +90,8 @@ def create_app(
         if source is not None:
             source.start(on_loaded=holder.reload)
         if holder.current is not None:  # load the tokenizer now, not on the first user's request (~0.3 s)
-            await asyncio.to_thread(get_encoding, holder.current.model_info.encoding)
+            get_encoding(holder.current.model_info.encoding)
+        release_freed()
         reloader = asyncio.create_task(holder.run(reload_interval))
         try:
             yield
