@@ -5,14 +5,11 @@ session store, deleting, and a session the bot no longer has."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpx2
-import pytest
 
-from tests.support.bot_process import BotProcess
-from tests.support.browser import Tab, chromium, page_bot, reset
+from tests.support.browser import Tab, page_bot
 from tests.support.fake_openai import FakeOpenAI, Fault
 
 if TYPE_CHECKING:
@@ -21,41 +18,10 @@ if TYPE_CHECKING:
 LONG_REPLY = " ".join(f"word{i}" for i in range(80))
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[FakeOpenAI, BotProcess]]:
-    with page_bot() as pair:
-        yield pair
-
-
-@pytest.fixture
-def fake(served: tuple[FakeOpenAI, BotProcess]) -> FakeOpenAI:
-    return reset(served[0])
-
-
-@pytest.fixture
-def bot_url(served: tuple[FakeOpenAI, BotProcess]) -> str:
-    return served[1].url
-
-
-@pytest.fixture
-def tab(browser: Browser, bot_url: str) -> Iterator[Tab]:
-    opened = Tab(browser, bot_url, viewport={"width": 1280, "height": 800})
-    opened.page.goto(bot_url + "/")
-    yield opened
-    opened.close()
-
-
 def remembered(page: Page) -> list[dict[str, Any]]:
     """The page's list of conversations, as it keeps it in localStorage."""
-    raw = page.evaluate(
-        "() => localStorage.getItem(Object.keys(localStorage).find((k) => k.startsWith('kubechat.conversations:')))"
-    )
+    slot = "Object.keys(localStorage).find((k) => k.startsWith('kubechat.conversations:'))"
+    raw = page.evaluate(f"() => localStorage.getItem({slot})")
     entries: list[dict[str, Any]] = json.loads(raw or "[]")
     return entries
 
@@ -74,6 +40,7 @@ def test_stop_mid_stream_keeps_nothing_of_the_turn(tab: Tab, fake: FakeOpenAI, b
     from playwright.sync_api import expect
 
     page = tab.page
+    page.goto(bot_url + "/")
     tab.send("one")
     expect(tab.last_reply()).to_have_text("2 messages; last: one")
 
@@ -111,10 +78,13 @@ def test_stop_mid_stream_keeps_nothing_of_the_turn(tab: Tab, fake: FakeOpenAI, b
     ]
 
 
-def test_escape_stops_a_first_turn_and_no_conversation_is_left_behind(tab: Tab, fake: FakeOpenAI) -> None:
+def test_escape_stops_a_first_turn_and_no_conversation_is_left_behind(
+    tab: Tab, fake: FakeOpenAI, bot_url: str
+) -> None:
     from playwright.sync_api import expect
 
     page = tab.page
+    page.goto(bot_url + "/")
     stream_slowly(fake)
     tab.send("first words")
     expect(tab.last_reply()).to_contain_text("word1")
@@ -136,6 +106,7 @@ def test_history_after_reload_resume_and_delete(tab: Tab, bot_url: str) -> None:
     from playwright.sync_api import expect
 
     page = tab.page
+    page.goto(bot_url + "/")
     conversations = page.get_by_role("navigation", name="Conversations")
     entries = conversations.get_by_role("listitem")
     expect(page.get_by_text("will be listed here")).to_be_visible()

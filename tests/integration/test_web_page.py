@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,15 +14,13 @@ import httpx2
 import pytest
 
 from tests.integration.conftest import API_KEY, BotFactory
-from tests.support.bot_process import BotProcess, bot_environment, kubechat_serve
+from tests.support.bot_process import bot_environment, kubechat_serve
 from tests.support.browser import (
     Tab,
     axe_violations,
-    chromium,
     colours,
     fake_upstream,
     page_bot,
-    reset,
     with_axe,
 )
 from tests.support.fake_openai import FakeOpenAI, Fault, Seen, encoding_for, prompt_tokens
@@ -58,36 +55,6 @@ def restarts(pod: str) -> int:
 ```
 
 Read [the docs](https://kubernetes.io/docs/concepts/workloads/pods/) for more."""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium() as launched:
-        yield launched
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[tuple[FakeOpenAI, BotProcess]]:
-    """One ``kubechat serve`` for the module's tests (each test has its own browser context and sessions)."""
-    with page_bot(bot_name="Ada") as pair:
-        yield pair
-
-
-@pytest.fixture
-def fake(served: tuple[FakeOpenAI, BotProcess]) -> FakeOpenAI:
-    return reset(served[0])
-
-
-@pytest.fixture
-def bot_url(served: tuple[FakeOpenAI, BotProcess]) -> str:
-    return served[1].url
-
-
-@pytest.fixture
-def tab(browser: Browser, bot_url: str) -> Iterator[Tab]:
-    opened = Tab(browser, bot_url, viewport={"width": 1280, "height": 800})
-    yield opened
-    opened.close()
 
 
 def turn_tokens(upstream: FakeOpenAI, seen: Seen) -> int:
