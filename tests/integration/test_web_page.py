@@ -386,6 +386,76 @@ def test_a_megabyte_reply_streams_and_the_page_stays_responsive(
         tab.close()
 
 
+# -- sign-in (the page's side; the bot's access control is another change) ----------------------
+
+
+def test_refusals_read_as_words(tab: Tab, bot_url: str) -> None:
+    """401, 403 and 429 as the access-control contract has them (OpenAI's error shape, Retry-After or
+    x-ratelimit-reset-*), through the page's own module in the browser."""
+    page = tab.page
+    page.goto(bot_url + "/")
+    said = page.evaluate(
+        """async () => {
+            const { describe, formatWait } = await import("./static/api.js");
+            const say = (status, code, headers) =>
+                describe(status, { type: "x", code, message: "m" }, new Headers(headers || {})).join(" ");
+            const inAnHour = new Date(Date.now() + 3600 * 1000).toUTCString();
+            return {
+                missing: say(401, "invalid_api_key", { "WWW-Authenticate": "Bearer" }),
+                forbidden: say(403, "permission_denied"),
+                rate: say(429, "rate_limit_exceeded", { "Retry-After": "42" }),
+                budget: say(429, "insufficient_quota", { "x-ratelimit-reset-tokens": "2h5m0s" }),
+                dated: say(429, "rate_limit_exceeded", { "Retry-After": inAnHour }),
+                unknown: say(429, "", {}),
+                days: formatWait(3 * 86400),
+                minutes: formatWait(75),
+            };
+        }"""
+    )
+    assert said["missing"].startswith("Sign-in needed.")
+    assert said["forbidden"].startswith("Not allowed.") and "does not give you the right" in said["forbidden"]
+    assert said["rate"] == "Rate limit reached. You are sending more than this bot allows; try again in 42 s."
+    clock = r"\d\d:\d\d(?: [AP]M)?"  # as the person's locale writes it
+    assert re.fullmatch(rf"Budget used up\. .* it frees in 2 h 5 min \(at {clock}\)\.", said["budget"])
+    assert re.search(rf"try again in (59 min 5\d s|1 h \(at {clock}\))\.$", said["dated"]), said["dated"]
+    assert said["unknown"] == "Too many requests. M. Try again in a moment."
+    assert re.fullmatch(rf"in 3 days \(on \w+day {clock}\)", said["days"])
+    assert said["minutes"] == "in 1 min 15 s"
+
+
+def test_a_key_given_in_this_tab_goes_with_every_api_call(tab: Tab, bot_url: str) -> None:
+    """Once the tab holds a key (what the sign-in dialog stores), every call to the bot carries it as a bearer
+    token, and it is kept in this tab's sessionStorage only."""
+    from playwright.sync_api import expect
+
+    page = tab.page
+    page.goto(bot_url + "/")
+    page.evaluate("() => sessionStorage.setItem('kubechat.key:/', 'team-a-key')")
+    calls: list[tuple[str, str | None]] = []
+    page.on("request", lambda r: calls.append((f"{r.method} {r.url}", r.headers.get("authorization"))))
+    page.reload()
+    expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    tab.send("hello")
+    expect(tab.last_reply()).to_have_text("2 messages; last: hello")
+    page.get_by_role("navigation", name="Conversations").get_by_role(
+        "button", name="Delete", exact=True
+    ).click()
+    expect(page.get_by_role("navigation", name="Conversations").get_by_role("listitem")).to_have_count(0)
+    api = [
+        (what, auth) for what, auth in calls if "/static/" not in what and not what.endswith(bot_url + "/")
+    ]
+    assert {what.split(" ")[0] + " " + what.split("/", 3)[3] for what, _ in api} >= {"GET info", "POST chat"}
+    assert any(what.startswith("DELETE ") for what, _ in api)
+    assert all(auth == "Bearer team-a-key" for _, auth in api), api
+    assert page.evaluate("() => JSON.stringify(localStorage)").find("team-a-key") == -1
+    # Sign out forgets it: the next calls go without.
+    page.get_by_role("button", name="Sign out").click()
+    calls.clear()
+    tab.send("and now")
+    expect(tab.last_reply()).to_have_text("2 messages; last: and now")
+    assert [auth for what, auth in calls if what.startswith("POST ")] == [None]
+
+
 # -- accessibility ------------------------------------------------------------------------------
 
 
@@ -404,10 +474,17 @@ def test_accessibility_with_axe(browser: Browser, bot_url: str, fake: FakeOpenAI
         fake.reply = MARKDOWN + "\n\n```\n" + "wide " * 80 + "\n```"
         tab.send("a reply with everything")
         tab.wait_until_done()
+        fake.reply = " ".join(f"word{i}" for i in range(80))
+        fake.fail_next(Fault(chunk_delay=0.1))
+        tab.send("this one is stopped")
+        expect(tab.last_reply()).to_contain_text("word2")
+        page.get_by_role("button", name="Stop", exact=True).click()
+        expect(page.locator(".msg.bot.incomplete")).to_be_visible()
         fake.reply = None
         fake.fail_next(Fault(status=503))
         tab.send("this one fails")
         expect(page.locator(".error")).to_be_visible()
+        assert not (found := axe_violations(page)), found
         page.locator("#new-chat").click()
         tab.send("a second conversation")
         tab.wait_until_done()
