@@ -10,7 +10,7 @@ import pytest
 
 from chatbot_service.encodings import seed
 
-pytest_plugins = ["tests.cluster.pytest_plugin"]
+pytest_plugins = ["tests.cluster.pytest_plugin", "tests.support.page_fixtures"]
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("KUBECHAT_SHARED", REPO.parent / "shared"))

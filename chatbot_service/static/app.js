@@ -1,29 +1,74 @@
-// kubechat: the chat page of one bot. Plain JavaScript, no build step, no dependencies.
-// It talks to this bot only, with relative URLs (so it also works under a path prefix): GET info,
-// POST chat with "stream": true (Server-Sent Events), DELETE sessions/{id}.
-// Text from the user or the bot only ever goes into the page as textContent: a reply is data, never HTML.
-"use strict";
+// kubechat: the chat page of one bot. Plain JavaScript modules, no build step; Markdown through the vendored
+// markdown-it + DOMPurify (see markdown.js). It talks to this bot only, with relative URLs (so it also works
+// under a path prefix): GET info, POST chat with "stream": true (Server-Sent Events), GET and DELETE
+// sessions/{id}. Text from the user only ever goes into the page as textContent; a reply only as sanitized
+// Markdown nodes.
+import { call, describe, forgetKey, onKeyNeeded, sentence, storedKey } from "./api.js";
+import * as history from "./history.js";
+import { markdownAvailable, renderMarkdown } from "./markdown.js";
 
 const $ = (id) => document.getElementById(id);
+const shell = $("shell");
 const log = $("log");
 const empty = $("empty");
 const input = $("input");
 const send = $("send");
+const stop = $("stop");
 const newChat = $("new-chat");
 const statusLine = $("status");
 const tokensLine = $("tokens");
+const announcer = $("announce");
+const list = $("conversations");
+const noConversations = $("no-conversations");
+const toggleSide = $("toggle-side");
+const signOut = $("sign-out");
 
 // Keyboard hints mean nothing on a touch screen.
-const IDLE_STATUS = matchMedia("(pointer: coarse)").matches ? "" : "Enter to send · Shift+Enter for a new line";
-const state = { sessionId: null, tokens: 0, busy: false, name: "kubechat" };
+const TOUCH = matchMedia("(pointer: coarse)").matches;
+const IDLE_STATUS = TOUCH ? "" : "Enter to send · Shift+Enter for a new line";
+const ACTIVE_SLOT = `kubechat.active:${location.pathname}`; // the tab's open conversation, across reloads
 
-// -- rendering ---------------------------------------------------------------------------------
+const state = {
+  sessionId: null, // the conversation the next message continues
+  recorded: false, // the bot has at least one turn of it (a first turn that broke off leaves nothing)
+  firstMessage: null,
+  tokens: 0,
+  busy: false,
+  controller: null, // aborts the reply streaming now
+  name: "kubechat",
+};
+
+// -- small DOM helpers ----------------------------------------------------------------------------
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
   if (text !== undefined) node.textContent = text;
   return node;
+}
+
+function icon(path) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 24 24");
+  svg.setAttribute("aria-hidden", "true");
+  const shape = document.createElementNS("http://www.w3.org/2000/svg", "path");
+  shape.setAttribute("d", path);
+  svg.append(shape);
+  return svg;
+}
+
+function button(className, text, title) {
+  const node = el("button", className, text);
+  node.type = "button";
+  if (title) node.title = title;
+  return node;
+}
+
+function announce(text) {
+  announcer.textContent = "";
+  requestAnimationFrame(() => {
+    announcer.textContent = text;
+  });
 }
 
 // Follow the conversation only if the reader is already at the bottom: don't yank them away from
@@ -40,35 +85,64 @@ function append(node) {
   return node;
 }
 
+function formatTokens(n) {
+  return `${n.toLocaleString()} ${n === 1 ? "token" : "tokens"}`;
+}
+
+function showTokens() {
+  tokensLine.textContent = formatTokens(state.tokens);
+}
+
+// -- copying ------------------------------------------------------------------------------------
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    // No clipboard API (a plain-http origin that is not localhost): the old way, from a hidden field.
+    const area = el("textarea", "offscreen");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.setAttribute("aria-hidden", "true");
+    document.body.append(area);
+    area.select();
+    let copied = false;
+    try {
+      copied = document.execCommand("copy");
+    } catch {
+      copied = false;
+    }
+    area.remove();
+    return copied;
+  }
+}
+
+function copyButton(text, title) {
+  const node = button("copy", "Copy", title);
+  node.addEventListener("click", async () => {
+    const copied = await copyText(text());
+    node.textContent = copied ? "Copied" : "Copy failed";
+    announce(copied ? "Copied to the clipboard." : "The browser did not allow copying.");
+    setTimeout(() => {
+      node.textContent = "Copy";
+    }, 1500);
+  });
+  return node;
+}
+
+// -- messages -------------------------------------------------------------------------------------
+
 function addUser(text) {
   const msg = el("div", "msg user");
   msg.append(el("div", "bubble", text));
   return append(msg);
 }
 
-// A bot message starts as three "typing" dots and becomes text with the first delta.
-function addBot() {
-  const msg = el("div", "msg bot typing");
-  const bubble = el("div", "bubble");
-  bubble.append(el("span"), el("span"), el("span"));
-  msg.append(bubble);
-  msg.text = document.createTextNode("");
-  return append(msg);
-}
-
-function botText(msg, text, replace) {
-  const follow = atBottom();
-  if (msg.classList.contains("typing")) {
-    msg.classList.remove("typing");
-    msg.firstChild.replaceChildren(msg.text);
-  }
-  if (replace) msg.text.data = text;
-  else msg.text.appendData(text);
-  if (follow) log.scrollTop = log.scrollHeight;
-}
-
 function addMeta(msg, text) {
-  msg.append(el("div", "meta", text));
+  const meta = el("div", "meta", text);
+  (msg.actions || msg).append(meta);
+  return meta;
 }
 
 function addNotice(text) {
@@ -84,89 +158,182 @@ function addError(title, detail) {
   return append(box);
 }
 
-function formatTokens(n) {
-  return `${n.toLocaleString()} ${n === 1 ? "token" : "tokens"}`;
+// A bot message starts as three "typing" dots and becomes rendered Markdown with the first delta.
+function addBot() {
+  const msg = el("div", "msg bot typing");
+  msg.setAttribute("aria-busy", "true"); // screen readers wait for the whole reply
+  msg.bubble = el("div", "bubble");
+  msg.bubble.append(el("span"), el("span"), el("span"));
+  msg.actions = el("div", "actions");
+  msg.append(msg.bubble, msg.actions);
+  msg.reply = { text: "", pending: false, nextAt: 0 };
+  return append(msg);
 }
 
-function showTokens() {
-  tokensLine.textContent = formatTokens(state.tokens);
+function botText(msg, text, replace) {
+  const reply = msg.reply;
+  reply.text = replace ? text : reply.text + text;
+  if (msg.classList.contains("typing")) {
+    msg.classList.remove("typing");
+    msg.bubble.replaceChildren();
+    msg.bubble.classList.add("md");
+  }
+  scheduleRender(msg);
 }
+
+// Streaming re-renders the whole reply (Markdown is not incremental), at most once per animation frame and,
+// for long replies, no more than a quarter of the time: each render waits three times as long as the last
+// one took, so a megabyte streaming in does not freeze the page.
+function scheduleRender(msg) {
+  const reply = msg.reply;
+  if (reply.pending) return;
+  reply.pending = true;
+  const wait = Math.max(0, reply.nextAt - performance.now());
+  setTimeout(() => {
+    requestAnimationFrame(() => {
+      reply.pending = false;
+      renderReply(msg);
+    });
+  }, wait);
+}
+
+function renderReply(msg) {
+  const follow = atBottom();
+  const started = performance.now();
+  fill(msg.bubble, msg.reply.text);
+  const took = performance.now() - started;
+  msg.reply.nextAt = performance.now() + Math.min(2000, took * 3);
+  if (follow) log.scrollTop = log.scrollHeight;
+}
+
+function fill(bubble, text) {
+  if (!markdownAvailable()) {
+    bubble.classList.remove("md");
+    bubble.textContent = text; // the vendored libraries did not load: plain text is still safe
+    return;
+  }
+  bubble.replaceChildren(renderMarkdown(text));
+  for (const pre of bubble.querySelectorAll("pre")) decorateCode(pre);
+  for (const table of bubble.querySelectorAll("table")) {
+    const box = el("div", "table"); // scrolls sideways on its own instead of widening the reply
+    table.replaceWith(box);
+    box.append(table);
+  }
+  markScrollable(bubble);
+}
+
+function decorateCode(pre) {
+  const code = pre.querySelector("code");
+  const lang = (/(?:^|\s)language-([\w+#.-]+)/.exec((code && code.className) || "") || [])[1] || "";
+  const box = el("div", "code");
+  const head = el("div", "code-head");
+  head.append(el("span", "code-lang", lang || "code"), copyButton(() => pre.textContent, "Copy the code"));
+  pre.replaceWith(box);
+  box.append(head, pre);
+}
+
+// A code block or table that scrolls sideways must be reachable by keyboard to be scrolled.
+function markScrollable(root) {
+  for (const node of root.querySelectorAll("pre, .table")) {
+    if (node.scrollWidth > node.clientWidth) node.tabIndex = 0;
+    else node.removeAttribute("tabindex");
+  }
+}
+
+/** The reply is over (finished, stopped or broken): render what there is once more, and offer to copy it. */
+function settle(msg) {
+  msg.removeAttribute("aria-busy");
+  if (msg.classList.contains("typing")) return;
+  renderReply(msg);
+  msg.actions.prepend(copyButton(() => msg.reply.text, "Copy the reply"));
+}
+
+function addBotReply(text) {
+  const msg = addBot();
+  botText(msg, text, true);
+  settle(msg);
+  return msg;
+}
+
+addEventListener("resize", () => markScrollable(log));
+
+// -- the conversation's identity ------------------------------------------------------------------
+
+function setActive(id) {
+  try {
+    if (id) sessionStorage.setItem(ACTIVE_SLOT, id);
+    else sessionStorage.removeItem(ACTIVE_SLOT);
+  } catch {
+    // storage disabled: a reload starts a new conversation
+  }
+}
+
+function activeId() {
+  try {
+    return sessionStorage.getItem(ACTIVE_SLOT);
+  } catch {
+    return null;
+  }
+}
+
+function startOver() {
+  state.sessionId = null;
+  state.recorded = false;
+  state.firstMessage = null;
+  state.tokens = 0;
+  showTokens();
+  setActive(null);
+  log.replaceChildren(empty);
+}
+
+// -- a turn -------------------------------------------------------------------------------------
 
 function setBusy(busy) {
   state.busy = busy;
+  const hadFocus = document.activeElement === stop || document.activeElement === send;
   send.disabled = busy;
-  newChat.disabled = busy; // resetting mid-reply would race the turn still being recorded
-  statusLine.textContent = busy ? `${state.name} is replying…` : IDLE_STATUS;
-}
-
-// -- errors ------------------------------------------------------------------------------------
-
-// The bot's errors are {"error": {"code", "message"}}; turn the ones a person can act on into words.
-function describe(status, error, retryAfter) {
-  const code = (error && error.code) || "";
-  const message = sentence((error && error.message) || "");
-  const seconds = /^\d+$/.test(retryAfter || "") ? Number(retryAfter) : null;
-  switch (code) {
-    case "upstream_rate_limited":
-      return [
-        "Rate limited.",
-        `The model API is rate limiting this bot; try again ${seconds !== null ? `in ${seconds} s` : "in a moment"}.`,
-      ];
-    case "upstream_unreachable":
-      return ["Model API unreachable.", "The bot cannot reach its model API right now; try again shortly."];
-    case "upstream_timeout":
-      return ["Timed out.", "The model API did not answer in time; try again."];
-    case "upstream_auth_failed":
-      return ["The model API refused the bot's key.", "Ask whoever runs this bot to check its API key."];
-    case "not_ready":
-      return ["The bot is not ready.", message];
-    case "message_too_long":
-    case "body_too_large":
-      return ["Message too long.", message];
-    case "session_store_unavailable":
-      return ["Conversations are unavailable.", "The bot cannot reach its session store; try again shortly."];
-  }
-  if (status === 429) return ["Rate limited.", message || "Too many requests; try again in a moment."];
-  if (status >= 500) return [`The bot failed (${status}).`, message];
-  return [`The bot refused the message (${status}).`, message];
-}
-
-// The bot's messages start in lower case ("the bot has no ..."); shown after a title they read as sentences.
-function sentence(text) {
-  const trimmed = text.trim();
-  if (!trimmed) return "";
-  const capital = trimmed[0].toUpperCase() + trimmed.slice(1);
-  return /[.!?]$/.test(capital) ? capital : `${capital}.`;
+  send.hidden = busy;
+  stop.hidden = !busy;
+  newChat.disabled = busy; // switching mid-reply would race the turn still being recorded
+  for (const node of list.querySelectorAll("button")) node.disabled = busy;
+  statusLine.textContent = busy ? `${state.name} is replying…${TOUCH ? "" : " · Esc to stop"}` : IDLE_STATUS;
+  if (hadFocus) (busy ? stop : input).focus();
 }
 
 // A message that never reached the model stays visible, marked, and goes back into an empty box to resend.
-function notSent(userMsg, text) {
+function notSent(userMsg, text, label = "Not sent") {
   userMsg.classList.add("failed");
-  addMeta(userMsg, "Not sent");
+  addMeta(userMsg, label);
   if (!input.value) {
     input.value = text;
     grow();
   }
 }
 
-// -- a turn ------------------------------------------------------------------------------------
-
 async function sendMessage(text) {
+  const controller = new AbortController();
+  state.controller = controller;
   setBusy(true);
   const userMsg = addUser(text);
   const bot = addBot();
   try {
     let response;
     try {
-      response = await fetch("chat", {
+      response = await call("chat", {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
         body: JSON.stringify({ message: text, session_id: state.sessionId || undefined, stream: true }),
+        signal: controller.signal,
       });
     } catch {
       bot.remove();
-      addError("Cannot reach the bot.", "Check the connection (is the port-forward still running?) and try again.");
-      notSent(userMsg, text);
+      if (controller.signal.aborted) {
+        addNotice("Stopped before the bot answered: nothing was saved.");
+        notSent(userMsg, text, "Stopped");
+      } else {
+        addError("Cannot reach the bot.", "Check the connection (is the port-forward still running?) and try again.");
+        notSent(userMsg, text);
+      }
       return;
     }
     if (!response.ok) {
@@ -175,43 +342,56 @@ async function sendMessage(text) {
       bot.remove();
       const error = body && body.error;
       if (error && error.code === "session_not_found") {
-        // The bot restarted or the conversation expired: the next message starts a new one.
-        state.sessionId = null;
+        // The conversation expired or the bot restarted: the next message starts a new one.
+        if (state.sessionId) history.markExpired(state.sessionId);
+        startOverKeepingView();
         addError("This conversation is gone.", "The bot no longer has it (it expired or the bot restarted); send your message again to start a new one.");
       } else {
-        addError(...describe(response.status, error, response.headers.get("Retry-After")));
+        addError(...describe(response.status, error, response.headers));
       }
       notSent(userMsg, text);
       return;
     }
-    await readStream(response, bot);
+    await readStream(response, bot, userMsg, text, controller.signal);
   } finally {
+    state.controller = null;
     setBusy(false);
+    renderHistory();
   }
 }
 
+function startOverKeepingView() {
+  state.sessionId = null;
+  state.recorded = false;
+  state.firstMessage = null;
+  setActive(null);
+}
+
 // Server-Sent Events from a POST: EventSource can only GET, so read the body stream and split it here.
-async function readStream(response, bot) {
+async function readStream(response, bot, userMsg, text, signal) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  const turn = { text, finished: false };
   let buffer = "";
-  let finished = false;
   try {
-    while (!finished) {
+    while (!turn.finished) {
       const { value, done } = await reader.read();
       if (done) break;
       buffer += value;
       let end;
-      while (!finished && (end = buffer.indexOf("\n\n")) >= 0) {
+      while (!turn.finished && (end = buffer.indexOf("\n\n")) >= 0) {
         const event = parseEvent(buffer.slice(0, end));
         buffer = buffer.slice(end + 2);
-        if (event) finished = onEvent(event, bot);
+        if (event) turn.finished = onEvent(event, bot, turn);
       }
     }
   } catch {
-    // the connection broke; said below
+    // stopped, or the connection broke; said below
   }
-  if (!finished) {
-    endIncomplete(bot, "The connection to the bot was lost before the reply finished.");
+  if (turn.finished) return;
+  if (signal.aborted) {
+    endIncomplete(bot, userMsg, "stopped");
+  } else {
+    endIncomplete(bot, userMsg, "The connection to the bot was lost before the reply finished.");
   }
 }
 
@@ -237,7 +417,7 @@ function parseEvent(block) {
 }
 
 // Handles one event; true when the turn is over.
-function onEvent({ name, data }, bot) {
+function onEvent({ name, data }, bot, turn) {
   switch (name) {
     case "session":
       state.sessionId = data.session_id;
@@ -247,14 +427,19 @@ function onEvent({ name, data }, bot) {
       return false;
     case "done": {
       state.sessionId = data.session_id;
+      if (!state.recorded) state.firstMessage = turn.text;
+      state.recorded = true;
+      setActive(state.sessionId);
       // The final reply is authoritative: it is what the bot recorded.
       botText(bot, data.reply || "", true);
-      if (!data.reply) bot.text.data = "(empty reply)";
+      if (!data.reply) botText(bot, "(empty reply)", true);
+      settle(bot);
       const usage = data.usage || {};
-      const turn = Number(usage.total_tokens) || 0;
-      state.tokens += turn;
+      const used = Number(usage.total_tokens) || 0;
+      state.tokens += used;
       showTokens();
-      addMeta(bot, formatTokens(turn));
+      addMeta(bot, formatTokens(used));
+      history.remember(state.sessionId, state.firstMessage, state.tokens);
       const dropped = Number(usage.dropped_messages) || 0;
       if (data.truncated || dropped > 0) {
         const what = dropped === 1 ? "1 older message was" : dropped ? `${dropped} older messages were` : "Older messages were";
@@ -264,24 +449,219 @@ function onEvent({ name, data }, bot) {
     }
     case "error": {
       const error = data.error || {};
-      endIncomplete(bot, sentence(error.message || "The bot failed while replying."));
+      endIncomplete(bot, null, sentence(error.message || "The bot failed while replying."));
       return true;
     }
   }
   return false;
 }
 
-// A reply that broke off: keep what arrived (marked), and say that it was not saved.
-function endIncomplete(bot, reason) {
+// A reply that broke off or was stopped: keep what arrived, marked, and say that this turn was not saved (the
+// bot records a turn only once the model finished it), so the next reply will not see it.
+function endIncomplete(bot, userMsg, reason) {
+  const stopped = reason === "stopped";
+  if (!state.recorded) startOverKeepingView(); // a first turn that never finished created no conversation
   if (bot.classList.contains("typing")) bot.remove();
   else {
     bot.classList.add("incomplete");
-    addMeta(bot, "Incomplete");
+    settle(bot);
+    addMeta(bot, stopped ? "Stopped · not saved" : "Incomplete");
   }
-  addError("The reply was interrupted.", `${reason} It was not saved; send your message again.`);
+  if (userMsg) userMsg.classList.add("unsaved");
+  if (stopped) {
+    addNotice("You stopped the reply. This message and the partial reply were not saved: the bot will not see them.");
+  } else {
+    addError("The reply was interrupted.", `${reason} It was not saved; send your message again.`);
+  }
 }
 
-// -- input -------------------------------------------------------------------------------------
+function stopReply() {
+  if (state.controller) state.controller.abort();
+}
+
+// -- history ------------------------------------------------------------------------------------
+
+function renderHistory() {
+  const entries = history.conversations();
+  list.replaceChildren(
+    ...entries.map((entry, i) => {
+      const item = el("li", "conv");
+      const current = entry.id === state.sessionId;
+      if (current) item.classList.add("current");
+      const open = button("open");
+      const title = el("span", "title", entry.title);
+      title.id = `conv-title-${i}`;
+      open.append(title);
+      if (entry.expired) {
+        item.classList.add("expired");
+        open.append(el("span", "badge", "expired"));
+      }
+      if (current) open.setAttribute("aria-current", "true");
+      open.addEventListener("click", () => openConversation(entry.id));
+      const remove = button("delete", undefined, "Delete this conversation");
+      remove.setAttribute("aria-label", "Delete");
+      remove.setAttribute("aria-describedby", title.id);
+      remove.append(icon("M9 3h6l1 2h4v2H4V5h4zm-3 6h12l-1 12H7z"));
+      remove.addEventListener("click", () => deleteConversation(entry.id, i));
+      if (state.busy) open.disabled = remove.disabled = true;
+      item.append(open, remove);
+      return item;
+    }),
+  );
+  noConversations.hidden = entries.length > 0;
+}
+
+// GET or DELETE sessions/{id}; null, once said, when the bot cannot be reached.
+async function sessionRequest(id, options, unreachable) {
+  try {
+    return await call(`sessions/${encodeURIComponent(id)}`, options);
+  } catch {
+    addError("Cannot reach the bot.", unreachable);
+    return null;
+  }
+}
+
+async function sayRefused(response) {
+  const body = await response.json().catch(() => null);
+  addError(...describe(response.status, body && body.error, response.headers));
+}
+
+async function openConversation(id) {
+  if (state.busy) return;
+  closeSide();
+  const entry = history.find(id);
+  const response = await sessionRequest(id, { cache: "no-store" }, "The conversation could not be loaded; try again.");
+  if (!response) return;
+  if (response.status === 404) {
+    history.markExpired(id);
+    startOver();
+    renderHistory();
+    addError(
+      "This conversation has expired.",
+      "The bot no longer keeps it (conversations are forgotten after a while without use, or when the bot restarts). Send a message to start a new one, or delete it from the list.",
+    );
+    input.focus();
+    return;
+  }
+  if (!response.ok) {
+    await sayRefused(response);
+    return;
+  }
+  const session = await response.json();
+  startOver();
+  state.sessionId = id;
+  state.recorded = true;
+  state.firstMessage = entry ? entry.title : null;
+  state.tokens = (entry && Number(entry.tokens)) || 0;
+  showTokens();
+  setActive(id);
+  for (const message of session.messages || []) {
+    let shown = null;
+    if (message.role === "user") shown = addUser(message.content);
+    else if (message.role === "assistant") shown = addBotReply(message.content);
+    if (shown) shown.classList.add("restored"); // there at once, not rising in one by one
+  }
+  log.scrollTop = log.scrollHeight;
+  renderHistory();
+  announce(`Opened the conversation “${entry ? entry.title : id}”.`);
+  input.focus();
+}
+
+async function deleteConversation(id, index) {
+  if (state.busy) return;
+  const response = await sessionRequest(id, { method: "DELETE" }, "The conversation was not deleted; try again.");
+  if (!response) return;
+  // 404: the bot had already forgotten it; either way it goes from the list.
+  if (!response.ok && response.status !== 404) {
+    await sayRefused(response);
+    return;
+  }
+  history.forget(id);
+  if (id === state.sessionId) startOver();
+  renderHistory();
+  announce("Conversation deleted.");
+  // Keep the keyboard where it was: on the next entry, or the one before, or the new-conversation button.
+  const buttons = list.querySelectorAll(".delete");
+  (buttons[Math.min(index, buttons.length - 1)] || newChat).focus();
+}
+
+function newConversation() {
+  if (state.busy) return;
+  startOver(); // the old conversation stays on the bot and in the list, to come back to
+  renderHistory();
+  closeSide();
+  input.focus();
+}
+
+// The side panel is always there on a wide screen; on a phone it slides over the conversation.
+function openSide() {
+  shell.classList.add("side-open");
+  toggleSide.setAttribute("aria-expanded", "true");
+  (list.querySelector("button") || $("close-side")).focus();
+}
+
+function closeSide() {
+  if (!shell.classList.contains("side-open")) return;
+  shell.classList.remove("side-open");
+  toggleSide.setAttribute("aria-expanded", "false");
+  toggleSide.focus();
+}
+
+toggleSide.addEventListener("click", () => (shell.classList.contains("side-open") ? closeSide() : openSide()));
+$("close-side").addEventListener("click", closeSide);
+$("backdrop").addEventListener("click", closeSide);
+
+// -- sign-in --------------------------------------------------------------------------------------
+
+const dialog = $("signin");
+const keyInput = $("signin-key");
+
+onKeyNeeded(
+  (reason) =>
+    new Promise((resolve) => {
+      $("signin-why").textContent =
+        reason === "refused"
+          ? "That key was not accepted. Enter a valid access key for this bot."
+          : `${state.name} needs an access key to talk to you.`;
+      keyInput.value = "";
+      const finish = (value) => {
+        $("signin-form").onsubmit = null;
+        $("signin-cancel").onclick = null;
+        dialog.oncancel = null;
+        dialog.close();
+        showSignOut();
+        resolve(value);
+      };
+      $("signin-form").onsubmit = (event) => {
+        event.preventDefault();
+        const value = keyInput.value.trim();
+        if (value) finish(value);
+      };
+      $("signin-cancel").onclick = () => finish(null);
+      dialog.oncancel = (event) => {
+        event.preventDefault();
+        finish(null);
+      };
+      dialog.showModal();
+      keyInput.focus();
+    }),
+);
+
+function showSignOut() {
+  // shown once a key is in use (the key itself is kept only in this tab's sessionStorage)
+  setTimeout(() => {
+    signOut.hidden = !storedKey();
+  });
+}
+
+signOut.addEventListener("click", () => {
+  forgetKey();
+  signOut.hidden = true;
+  announce("Signed out: the access key is forgotten in this tab.");
+  input.focus();
+});
+
+// -- input --------------------------------------------------------------------------------------
 
 function grow() {
   // Setting style through the CSSOM is allowed by the page's CSP (style attributes in markup are not).
@@ -310,23 +690,17 @@ $("composer").addEventListener("submit", (event) => {
   event.preventDefault(); // never navigate: the CSP forbids form actions anyway
   submit();
 });
-
-newChat.addEventListener("click", async () => {
-  if (state.busy) return;
-  const sid = state.sessionId;
-  state.sessionId = null;
-  state.tokens = 0;
-  showTokens();
-  log.replaceChildren(empty);
-  input.focus();
-  if (sid) {
-    try {
-      await fetch(`sessions/${encodeURIComponent(sid)}`, { method: "DELETE" });
-    } catch {
-      // Unreachable now: the bot forgets idle sessions on its own.
-    }
+stop.addEventListener("click", stopReply);
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Escape" || dialog.open) return;
+  if (state.busy) {
+    event.preventDefault();
+    stopReply();
+  } else if (shell.classList.contains("side-open")) {
+    closeSide();
   }
 });
+newChat.addEventListener("click", newConversation);
 
 // -- who the bot is ------------------------------------------------------------------------------
 
@@ -334,7 +708,12 @@ async function loadInfo() {
   const model = $("bot-model");
   const dot = $("dot");
   try {
-    const response = await fetch("info", { cache: "no-store" });
+    const response = await call("info", { cache: "no-store" });
+    if (response.status === 401 || response.status === 403) {
+      model.textContent = response.status === 401 ? "sign-in needed" : "not allowed";
+      dot.className = "dot not-ready";
+      return;
+    }
     const info = await response.json();
     state.name = info.name || "kubechat";
     $("bot-name").textContent = state.name;
@@ -355,5 +734,9 @@ async function loadInfo() {
 
 setBusy(false);
 showTokens();
+renderHistory();
+showSignOut();
 loadInfo();
+const resume = activeId();
+if (resume && history.find(resume)) openConversation(resume);
 input.focus();

@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 import pytest
 
 from chatbot_service.app import create_app
+from tests.support.bot_process import bot_environment
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.servers import ThreadedServer, serving
 
@@ -28,14 +29,7 @@ BotFactory = Callable[..., AbstractContextManager[ThreadedServer]]
 @pytest.fixture
 def bot_env(upstream: FakeOpenAI) -> dict[str, str]:
     """The environment a bot process would get in production, pointed at the fake upstream."""
-    return {
-        "OPENAI_API_KEY": API_KEY,
-        "OPENAI_BASE_URL": upstream.url,
-        "KUBECHAT_SYSTEM_PROMPT": "You are a test bot.",
-        "KUBECHAT_MODEL": "gpt-4o-mini",
-        "KUBECHAT_MAX_RETRIES": "0",
-        "KUBECHAT_REQUEST_TIMEOUT": "2",
-    }
+    return bot_environment(upstream, API_KEY, request_timeout="2")
 
 
 @pytest.fixture
