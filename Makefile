@@ -4,6 +4,11 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SHARED ?= ../shared
 export TIKTOKEN_CACHE_DIR ?= $(CURDIR)/.cache/tiktoken
+# The images carry tiktoken's encodings: this local copy when there is one, else they are fetched once from
+# $KUBECHAT_TIKTOKEN_MIRROR (default: tiktoken's public location) and checked (localcluster/encodings.py).
+ifneq ($(wildcard $(SHARED)/tiktoken/*.tiktoken),)
+export KUBECHAT_TIKTOKEN_DIR ?= $(abspath $(SHARED)/tiktoken)
+endif
 
 .PHONY: setup run serve chat test lint cluster-up cluster-down cluster-shell crds demo demo-down node-deps
 
@@ -49,7 +54,7 @@ test: lint node-deps  ## lint, type-check and run every test (the cluster tests 
 # Local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) with kwok's
 # fake nodes, or with NODE=real one real node (containerd, kubelet, kube-proxy) in a network namespace of its
 # own: see docs/local-cluster.md. Binaries and images are built into ~/.cache/kubechat on first use.
-LOCALCLUSTER := $(PYTHON) tests/cluster/localcluster.py
+LOCALCLUSTER := $(PYTHON) -m localcluster
 NODE ?= kwok
 # What a real node needs from Debian (nothing of it is started by installing it: no systemd here).
 NODE_PACKAGES := containerd runc containernetworking-plugins iptables mmdebstrap iproute2
@@ -62,7 +67,7 @@ node-deps:
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null
 
 cluster-up: $(if $(filter real,$(NODE)),setup node-deps)
-	$(if $(filter real,$(NODE)),$(BIN)/python,$(PYTHON)) tests/cluster/localcluster.py up --node $(NODE)
+	$(if $(filter real,$(NODE)),$(BIN)/python,$(PYTHON)) -m localcluster up --node $(NODE)
 
 cluster-down:
 	$(LOCALCLUSTER) down
@@ -73,7 +78,7 @@ cluster-shell:  ## a shell where the cluster is (inside a real node's namespace)
 # Everything end to end on this machine: real node, images built here, operator from the Helm chart, a bot
 # answering through its Service (backed by a local echo server: no internet needed). `make demo-down` undoes it.
 demo: setup node-deps
-	$(BIN)/python examples/demo/run.py up
+	$(BIN)/python -m localcluster demo up
 
 demo-down:
-	$(PYTHON) examples/demo/run.py down
+	$(PYTHON) -m localcluster demo down

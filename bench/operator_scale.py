@@ -31,7 +31,7 @@ sys.path[:0] = [str(REPO), str(REPO / "operator")]
 
 from kubernetes import client, config  # noqa: E402
 
-from tests.cluster.localcluster import LocalCluster  # noqa: E402
+from localcluster.cluster import LocalCluster  # noqa: E402
 
 GROUP, VERSION, PLURAL = "kubechat.dev", "v1alpha1", "chatbots"
 WRITE_VERBS = {"POST", "PUT", "PATCH", "APPLY", "DELETE"}

@@ -17,6 +17,8 @@ SHARED = Path(os.environ.get("KUBECHAT_SHARED", REPO.parent / "shared"))
 TIKTOKEN_CACHE = Path(tempfile.gettempdir()) / "kubechat-tests-tiktoken"
 seed(SHARED / "tiktoken", TIKTOKEN_CACHE)
 os.environ["TIKTOKEN_CACHE_DIR"] = str(TIKTOKEN_CACHE)
+# The images the cluster tests build carry the encodings: from this local copy (localcluster/encodings.py).
+os.environ.setdefault("KUBECHAT_TIKTOKEN_DIR", str(SHARED / "tiktoken"))
 
 
 @pytest.fixture(scope="session")

@@ -24,16 +24,16 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster.kubeapi import read_kubeconfig_server
-from tests.cluster.localcluster import ClusterInfo, LocalCluster
+from localcluster.cluster import ClusterInfo, LocalCluster
+from localcluster.kubeapi import read_kubeconfig_server
 from tests.cluster.polling import eventually
 
 NAMESPACE_LABEL = "kubechat.dev/test-namespace"
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "cluster: needs the local Kubernetes control plane (tests/cluster)")
-    config.addinivalue_line("markers", "e2e: needs the cluster with a real node (tests/cluster/node.py)")
+    config.addinivalue_line("markers", "cluster: needs the local Kubernetes control plane (localcluster)")
+    config.addinivalue_line("markers", "e2e: needs the cluster with a real node (localcluster/node.py)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from images import ocibuild
-from tests.cluster import node
-from tests.cluster.components import is_running
-from tests.cluster.localcluster import LocalCluster
+from localcluster import node, ocibuild
+from localcluster.cluster import LocalCluster
+from localcluster.components import is_running
 from tests.cluster.polling import eventually
 from tests.support.operator import kubectl
 

@@ -15,8 +15,8 @@ import httpx2 as httpx
 import pytest
 from kubernetes import client
 
-from tests.cluster.localcluster import ClusterInfo
-from tests.cluster.node import NODE_IP
+from localcluster.cluster import ClusterInfo
+from localcluster.node import NODE_IP
 from tests.cluster.polling import eventually
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.operator import Operator, install_crds, kubectl

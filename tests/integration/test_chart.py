@@ -1,6 +1,6 @@
 """The Helm chart: lint, render, server-side dry runs, and the operator run under the chart's own RBAC.
 
-helm is built from its Go module like the control plane (tests/cluster/helm, cached in ~/.cache/kubechat).
+helm is built from its Go module like the control plane (localcluster/go/helm, cached in ~/.cache/kubechat).
 The operator runs as a local process, but authenticated as the chart's ServiceAccount (a TokenRequest
 token), so every rule the chart grants is exercised and anything it forgot shows up as a 403.
 """
@@ -22,9 +22,9 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from tests.cluster import build
-from tests.cluster.components import free_ports
-from tests.cluster.localcluster import ClusterInfo
+from localcluster import build
+from localcluster.cluster import ClusterInfo
+from localcluster.components import free_ports
 from tests.cluster.polling import eventually
 from tests.integration.test_operator import Bots, bot_manifest
 from tests.support.operator import REPO, Operator, install_crds, kubectl

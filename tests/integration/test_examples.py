@@ -10,7 +10,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.cluster.localcluster import ClusterInfo
+from localcluster.cluster import ClusterInfo
 from tests.cluster.polling import eventually
 from tests.support.operator import REPO, kubectl
 

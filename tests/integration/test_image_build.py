@@ -1,4 +1,4 @@
-"""The images built without Docker (images/ocibuild.py), checked as a kubelet node would meet them.
+"""The images built without Docker (localcluster/ocibuild.py), checked as a kubelet node would meet them.
 
 Their configs are the Dockerfiles' final stages, their layers hold what the Dockerfiles install (a venv
 without pip, the tiktoken encodings, the uid 10001 account), containerd imports the archives, and each
@@ -31,7 +31,8 @@ from typing import Any
 import pytest
 
 from chatbot_service.encodings import ENCODINGS, cache_name
-from images import ocibuild
+from localcluster import ocibuild
+from localcluster.errors import BuildError
 from tests.cluster.polling import eventually
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,7 +41,7 @@ DOCKERFILES = {
     "operator": REPO / "images" / "operator.Dockerfile",
 }
 KINDS = sorted(DOCKERFILES)
-TIKTOKEN = Path(os.environ.get("KUBECHAT_TIKTOKEN_SOURCE", REPO.parent / "shared" / "tiktoken"))
+TIKTOKEN = Path(os.environ["KUBECHAT_TIKTOKEN_DIR"])  # the local copy the images take (tests/conftest.py)
 VERSION = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TOOLS = ("mmdebstrap", "unshare", "chroot", "go")
@@ -125,7 +126,7 @@ def dockerfile_with(tmp_path: Path, extra: str) -> Path:
 def test_an_instruction_the_builder_cannot_honour_is_an_error(
     tmp_path: Path, extra: str, complaint: str
 ) -> None:
-    with pytest.raises(ocibuild.BuildError, match="honoured") as raised:
+    with pytest.raises(BuildError, match="honoured") as raised:
         ocibuild.dockerfile_spec(dockerfile_with(tmp_path, extra))
     assert complaint in str(raised.value)
 
@@ -133,7 +134,7 @@ def test_an_instruction_the_builder_cannot_honour_is_an_error(
 def test_a_changed_builder_stage_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "chatbot.Dockerfile"
     path.write_text(DOCKERFILES["chatbot"].read_text().replace("install /wheels/", "install --pre /wheels/"))
-    with pytest.raises(ocibuild.BuildError, match="builder stage is not honoured"):
+    with pytest.raises(BuildError, match="builder stage is not honoured"):
         ocibuild.dockerfile_spec(path)
 
 
@@ -154,16 +155,14 @@ def test_words_quotes_continuations_and_build_args(tmp_path: Path) -> None:
 
 def test_the_cli_is_stdlib_only_and_fails_in_one_line(tmp_path: Path) -> None:
     """`python -S`: no site-packages, as on a machine with no venv yet."""
-    script = str(REPO / "images" / "ocibuild.py")
-    done = subprocess.run(
-        [sys.executable, "-S", script, "spec", str(DOCKERFILES["chatbot"])], capture_output=True, text=True
-    )
+    cli = [sys.executable, "-S", "-m", "localcluster", "images", "spec"]
+    done = subprocess.run([*cli, str(DOCKERFILES["chatbot"])], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == json.loads(
         json.dumps(dataclasses.asdict(ocibuild.dockerfile_spec(DOCKERFILES["chatbot"])))
     )
     bad = dockerfile_with(tmp_path, "VOLUME /data\n")
-    done = subprocess.run([sys.executable, "-S", script, "spec", str(bad)], capture_output=True, text=True)
+    done = subprocess.run([*cli, str(bad)], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "VOLUME" in done.stderr and "Traceback" not in done.stderr
 
@@ -344,12 +343,11 @@ def test_the_app_imports_counts_tokens_offline_and_trusts_public_cas(
 
 def test_a_second_build_with_nothing_changed_is_a_cache_hit(images: dict[str, Image]) -> None:
     before = images["chatbot"].archive.path.stat().st_mtime_ns
-    start = time.monotonic()
     again = ocibuild.build_image("chatbot")
-    assert time.monotonic() - start < 1
     assert again == images["chatbot"].archive and again.path.stat().st_mtime_ns == before
     done = subprocess.run(
-        [sys.executable, "-S", str(REPO / "images" / "ocibuild.py"), "build", "all"],
+        [sys.executable, "-S", "-m", "localcluster", "images", "build", "all"],
+        cwd=REPO,
         capture_output=True,
         text=True,
         timeout=30,

@@ -23,8 +23,8 @@ import httpx2
 import pytest
 from kubernetes import client
 
-from tests.cluster import build
-from tests.cluster.localcluster import ClusterInfo
+from localcluster import cache
+from localcluster.cluster import ClusterInfo
 from tests.cluster.polling import eventually
 from tests.conftest import SHARED
 from tests.integration.test_operator import bot_manifest
@@ -170,7 +170,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     # The one difference from the image: a pip cache kept between runs (the image keeps none).
     env = {
         **os.environ,
-        "PIP_CACHE_DIR": str(build.cache_dir() / "pip"),
+        "PIP_CACHE_DIR": str(cache.cache_dir() / "pip"),
         "PIP_DISABLE_PIP_VERSION_CHECK": "1",
     }
     env.pop("PYTHONPATH", None)

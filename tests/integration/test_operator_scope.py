@@ -10,7 +10,7 @@ from typing import Any, cast
 import pytest
 from kubernetes import client
 
-from tests.cluster.localcluster import ClusterInfo
+from localcluster.cluster import ClusterInfo
 from tests.cluster.polling import eventually
 from tests.integration.test_operator import Bots, bot_manifest
 from tests.support.operator import Operator, install_crds, kubectl

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.localcluster import ClusterInfo
+from localcluster.cluster import ClusterInfo
 from tests.cluster.polling import eventually
 from tests.support.operator import REPO, Operator, install_crds, kubectl
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.cluster.localcluster import ClusterInfo
+from localcluster.cluster import ClusterInfo
 from tests.cluster.polling import eventually
 
 REPO = Path(__file__).resolve().parents[2]

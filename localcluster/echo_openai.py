@@ -4,7 +4,7 @@ It stands in for the OpenAI API where there is no internet (and no key): the dem
 points here. Plain JSON and Server-Sent Events (`stream: true`), like the real endpoint. Standard library
 only.
 
-    python3 examples/demo/echo_openai.py --host 10.77.0.1 --port 8000
+    python3 localcluster/echo_openai.py --host 10.77.0.1 --port 8000
 """
 
 from __future__ import annotations

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from localcluster.errors import NodeError
+
 NODE_NAME = "kubechat-node"
 NODE_IP = "10.77.0.1"
 POD_SUBNET = "10.88.0.0/16"
@@ -45,10 +47,6 @@ OVERLAID = ("/var/lib", "/opt", "/usr/libexec")
 CGROUP_FS = Path("/sys/fs/cgroup")
 NODE_PREFIX = "kubechat-node-"  # of the node's cgroup root and scratch dir, followed by the holder's PID
 PAUSE_IMAGE = "docker.io/kubechat/pause:1"
-
-
-class NodeError(RuntimeError):
-    """The namespace or a node component could not be set up."""
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.cluster.node import NODE_IP
-from tests.cluster.pki import Pki
+from localcluster.node import NODE_IP
+from localcluster.pki import Pki
 
 SERVICE_CIDR = "10.0.0.0/24"
 # Pod IPs kwok hands out. Nothing routes them (pods on kwok nodes do not run): never send traffic there.

@@ -1,4 +1,5 @@
-"""`make demo` / `make demo-down`: kubechat end to end on this machine, nothing from the internet.
+"""`make demo` / `make demo-down` (`python3 -m localcluster demo up|down`): kubechat end to end on this
+machine, nothing from the internet.
 
 `up` starts the local cluster with a real node (building what is missing: binaries, images), installs the
 CRD and the Helm chart (the operator runs in a pod from the locally built image), starts a small
@@ -10,7 +11,6 @@ Standard library only; run with the project's venv python (the image build uses 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -20,20 +20,19 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from localcluster import build, cache, node
+from localcluster.cluster import LocalCluster, cluster_dir, prepare
+from localcluster.components import Process, is_running, spawn, stop
+from localcluster.errors import LocalClusterError
 
-from tests.cluster import build, node  # noqa: E402 (after the path set-up above)
-from tests.cluster.components import Process, is_running, spawn, stop  # noqa: E402
-from tests.cluster.localcluster import LocalCluster, cluster_dir  # noqa: E402
-
+REPO = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
+BOT_MANIFEST = REPO / "examples" / "demo" / "helpdesk.yaml"
 ECHO_PORT = 8000
 RELEASE, OPERATOR_NS = "kubechat", "kubechat-system"
 BOT, BOT_NS = "helpdesk", "default"
 QUESTION = "What can you do for me?"
-LOCALCLUSTER = "python3 tests/cluster/localcluster.py"
+LOCALCLUSTER = "python3 -m localcluster"
 
 
 def say(message: str) -> None:
@@ -43,7 +42,8 @@ def say(message: str) -> None:
 def run(*argv: str, stdin: str | None = None, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=env)
     if done.returncode != 0:
-        raise SystemExit(f"[demo] {' '.join(argv)} failed:\n{done.stderr.strip() or done.stdout.strip()}")
+        output = (done.stderr.strip() or done.stdout.strip()).splitlines()
+        raise LocalClusterError(f"{' '.join(argv[:3])} failed: {output[-1] if output else 'no output'}")
     return done.stdout
 
 
@@ -59,6 +59,9 @@ class Demo:
     # ---- up ----------------------------------------------------------------------------------------------
     def up(self) -> None:
         started = time.monotonic()
+        say("building what is missing (binaries, images) before the cluster's namespace is entered")
+        prepare(real_node=True, extra=["helm"])
+        say(f"everything built or cached after {time.monotonic() - started:.1f} s")
         cluster = self._cluster()
         say(f"cluster with a real node up after {time.monotonic() - started:.1f} s")
         self.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
@@ -71,7 +74,7 @@ class Demo:
         )  # fmt: skip
         self.kubectl("apply", "-f", "-", stdin=secret)
         applied = time.monotonic()
-        self.kubectl("apply", "-n", BOT_NS, "-f", str(HERE / "helpdesk.yaml"))
+        self.kubectl("apply", "-n", BOT_NS, "-f", str(BOT_MANIFEST))
         say(f"applied examples/demo/helpdesk.yaml; waiting for chatbot/{BOT} to be Ready")
         self.kubectl("wait", "-n", BOT_NS, "--for=condition=Ready", f"chatbot/{BOT}", "--timeout=180s")
         ip = self.kubectl("get", "service", BOT, "-n", BOT_NS, "-o", "jsonpath={.spec.clusterIP}")
@@ -103,7 +106,7 @@ and drop `openAI.baseUrl` (examples/helpdesk.yaml, docs/install.md):
         running = LocalCluster.from_state(self.workdir)
         if running is not None and running.is_complete():
             if running.holder is None:
-                raise SystemExit(f"[demo] a kwok cluster runs in {self.workdir}: `make cluster-down` first")
+                raise LocalClusterError(f"a kwok cluster runs in {self.workdir}: `make cluster-down` first")
             node.switch_network(f"/proc/{running.holder.pid}/ns/net")
             return running
         if running is not None:
@@ -111,8 +114,8 @@ and drop `openAI.baseUrl` (examples/helpdesk.yaml, docs/install.md):
         cluster = LocalCluster(self.workdir, real_node=True, timeout=180)
         try:
             cluster.start()
-        except (RuntimeError, OSError, subprocess.CalledProcessError) as err:
-            raise SystemExit(f"[demo] the cluster did not start: {err}") from err
+        except (OSError, subprocess.CalledProcessError) as err:
+            raise LocalClusterError(f"the cluster did not start: {err}") from err
         return cluster
 
     def _echo_server(self, cluster: LocalCluster) -> Process:
@@ -131,12 +134,12 @@ and drop `openAI.baseUrl` (examples/helpdesk.yaml, docs/install.md):
                 return echo
             except OSError:
                 if not is_running(echo) or time.monotonic() > deadline:
-                    raise SystemExit(f"[demo] the echo server did not start; see {echo.log}") from None
+                    raise LocalClusterError(f"the echo server did not start; see {echo.log}") from None
                 time.sleep(0.1)
 
     def _operator(self) -> None:
         """The Helm chart, with the images built here (already in the node's containerd)."""
-        helm = build.ensure_built(["helm"])["helm"]
+        helm = build.COMPONENTS["helm"].binary  # built by prepare(): no download can work in here
         home = self.workdir / "helm-home"
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "HELM_CONFIG_HOME": str(home / "config"),
                "HELM_CACHE_HOME": str(home / "cache"), "HELM_DATA_HOME": str(home / "data")}  # fmt: skip
@@ -165,7 +168,7 @@ and drop `openAI.baseUrl` (examples/helpdesk.yaml, docs/install.md):
         cluster = LocalCluster.from_state(self.workdir)
         if cluster is not None:
             cluster.stop()
-        say(f"demo removed (binaries and images stay cached in {build.cache_dir()})")
+        say(f"demo removed (binaries and images stay cached in {cache.cache_dir()})")
 
 
 def ask(url: str, message: str, body: dict[str, Any] | None = None, timeout: float = 60) -> dict[str, Any]:
@@ -181,17 +184,3 @@ def ask(url: str, message: str, body: dict[str, Any] | None = None, timeout: flo
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.2)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("command", choices=("up", "down"))
-    args = parser.parse_args()
-    demo = Demo()
-    demo.up() if args.command == "up" else demo.down()
-
-
-if __name__ == "__main__":
-    main()

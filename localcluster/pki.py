@@ -12,6 +12,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from localcluster.errors import LocalClusterError
+
 # The first IP of --service-cluster-ip-range 10.0.0.0/24: in-cluster clients reach the API server there.
 SERVICE_IP = "10.0.0.1"
 # 10.77.0.1: the real node's IP (tests/cluster/node.py), where pods reach the API server's endpoint.
@@ -80,10 +82,10 @@ DEFAULT_CERTS: tuple[CertSpec, ...] = (
 def _openssl(*args: str, cwd: Path) -> None:
     openssl = shutil.which("openssl")
     if openssl is None:
-        raise RuntimeError("the `openssl` command is needed to create the local cluster's certificates")
+        raise LocalClusterError("the `openssl` command is needed to create the local cluster's certificates")
     result = subprocess.run([openssl, *args], cwd=cwd, capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"openssl {' '.join(args)} failed:\n{result.stderr}")
+        raise LocalClusterError(f"openssl {' '.join(args)} failed:\n{result.stderr}")
 
 
 def _subject(spec: CertSpec) -> str:

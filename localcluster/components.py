@@ -17,11 +17,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from localcluster.errors import ComponentError
+
 _PR_SET_PDEATHSIG = 1
-
-
-class ComponentError(RuntimeError):
-    """A component failed to start or become healthy; the message carries the tail of its log."""
 
 
 @dataclass

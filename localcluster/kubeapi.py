@@ -13,11 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-
-class ApiError(RuntimeError):
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"HTTP {status}: {body[:500]}")
-        self.status = status
+from localcluster.errors import ApiError, LocalClusterError
 
 
 def tls_context(ca_file: Path, cert: Path | None = None, key: Path | None = None) -> ssl.SSLContext:
@@ -100,7 +96,7 @@ def read_kubeconfig_server(path: Path) -> str:
         for line in text.splitlines():
             if line.strip().startswith("server:"):
                 return line.split("server:", 1)[1].strip().strip("'\"")
-        raise RuntimeError(f"no server found in {path}") from None
+        raise LocalClusterError(f"no server found in {path}") from None
     contexts = {c["name"]: c["context"] for c in config.get("contexts", [])}
     clusters = {c["name"]: c["cluster"] for c in config.get("clusters", [])}
     cluster_name = contexts[config["current-context"]]["cluster"]

@@ -8,16 +8,13 @@ honour is an error, not a silent difference. The archives load with ``ctr -n k8s
 
 Standard library only, so that it runs with a plain ``python3`` before any venv exists:
 
-    python3 images/ocibuild.py build chatbot|operator|pause|all [--tag dev] [--out DIR]
-    python3 images/ocibuild.py spec images/chatbot.Dockerfile
+    python3 -m localcluster images build chatbot|operator|pause|all [--tag dev] [--out DIR]
+    python3 -m localcluster images spec images/chatbot.Dockerfile
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
-import fcntl
 import hashlib
 import importlib.util
 import io
@@ -32,11 +29,13 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from pathlib import Path
+
+from localcluster import cache, encodings
+from localcluster.errors import BuildError
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "images"
@@ -66,10 +65,6 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-
-
-class BuildError(Exception):
-    """Something the builder cannot do or honour; the CLI prints it as one line and exits 2."""
 
 
 @dataclass(frozen=True)
@@ -323,7 +318,9 @@ def _apply(
     elif instruction.keyword in _HANDLERS and stages:
         _HANDLERS[instruction.keyword](stages[-1], instruction.args)
     else:
-        raise BuildError("not honoured by images/ocibuild.py; teach it or keep it out of the Dockerfile")
+        raise BuildError(
+            "not honoured by localcluster/ocibuild.py; teach it or keep it out of the Dockerfile"
+        )
 
 
 def dockerfile_spec(path: Path, build_args: dict[str, str] | None = None) -> ImageSpec:
@@ -422,7 +419,7 @@ def _match_command(command: str) -> tuple[str, dict[str, str]]:
         match = re.fullmatch(pattern.replace(r"\{venv\}", "(?P<venv>/[^ ]+?)"), command)
         if match:
             return template, match.groupdict()
-    raise BuildError(f"RUN {command!r} in the builder stage is not honoured by images/ocibuild.py")
+    raise BuildError(f"RUN {command!r} in the builder stage is not honoured by localcluster/ocibuild.py")
 
 
 def _final_copies(final: _Stage, builder: str, venv: str) -> tuple[str, str]:
@@ -466,7 +463,7 @@ def _account_options(words: list[str]) -> tuple[dict[str, str], str]:
         if word in _ACCOUNT_OPTIONS:
             options[_ACCOUNT_OPTIONS[word]] = next(pending, "")
         elif word.startswith("-") and word not in _ACCOUNT_FLAGS:
-            raise BuildError(f"{word}: an account option images/ocibuild.py does not honour")
+            raise BuildError(f"{word}: an account option localcluster/ocibuild.py does not honour")
         elif not word.startswith("-"):
             names.append(word)
     if len(names) != 1:
@@ -476,8 +473,8 @@ def _account_options(words: list[str]) -> tuple[dict[str, str], str]:
 
 # ---- caching -----------------------------------------------------------------------------------------------
 def cache_dir() -> Path:
-    """Images are slow to build and shared by all checkouts: the same cache root as the cluster binaries."""
-    return Path(os.environ.get("KUBECHAT_CACHE", "~/.cache/kubechat")).expanduser() / "images"
+    """Images are slow to build and shared by all checkouts: in the cache, beside the binaries."""
+    return cache.cache_dir() / "images"
 
 
 def _digest(parts: Iterable[str | bytes]) -> str:
@@ -489,19 +486,10 @@ def _digest(parts: Iterable[str | bytes]) -> str:
 
 
 @contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    """One build at a time per cache: two pytest sessions must not write the same archive."""
-    cache_dir().mkdir(parents=True, exist_ok=True)
-    with (cache_dir() / "build.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
-@contextlib.contextmanager
 def _scratch() -> Iterator[Path]:
-    work = Path(
-        tempfile.mkdtemp(prefix="work-", dir=cache_dir())
-    )  # on the cache's disk: rootfs trees are big
+    """A work folder on the cache's disk (rootfs trees are big), removed afterwards."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="work-", dir=cache_dir()))
     try:
         yield work
     finally:
@@ -542,7 +530,7 @@ def _cached(archive: ImageArchive, key: str, make_root: Callable[[Path], Path]) 
     stamp = archive.path.with_name(archive.path.name + ".inputs")
     if _fresh(archive.path, stamp, key):
         return archive
-    with _locked():
+    with cache.locked():
         if not _fresh(archive.path, stamp, key):
             if os.geteuid() != 0:
                 raise BuildError("building images needs root (mmdebstrap --mode=root, unshare, chroot)")
@@ -651,7 +639,7 @@ def _wheelhouse(recipe: _Recipe, base: Path) -> Path:
 def wheelhouse(kind: str) -> Path:
     """The wheels the image's venv is installed from, for checking what it holds against them."""
     recipe = _recipe(_dockerfile(kind), {})
-    with _locked():
+    with cache.locked():
         return _wheelhouse(recipe, _base_rootfs(recipe.suite))
 
 
@@ -673,7 +661,10 @@ def _install_venv(builder: Path, recipe: _Recipe, wheels: Path) -> None:
 
 def _seed_encodings(builder: Path, final: Path, recipe: _Recipe) -> None:
     """The documented `kubechat seed-encodings` step, run by the installed kubechat, then the COPY."""
-    shutil.copytree(_encodings_source(), builder / "tmp" / "ocibuild" / "tiktoken")
+    source, into = _encodings_source(), builder / "tmp" / "ocibuild" / "tiktoken"
+    into.mkdir(parents=True)
+    for name in encodings.PINNED:
+        shutil.copyfile(source / name, into / name)
     seeded = "/tmp/ocibuild/context/images/tiktoken"
     kubechat = [f"{recipe.venv}/bin/kubechat", "seed-encodings"]
     _chroot(builder, [*kubechat, "--from", "/tmp/ocibuild/tiktoken", "--to", seeded], env={})
@@ -681,11 +672,8 @@ def _seed_encodings(builder: Path, final: Path, recipe: _Recipe) -> None:
 
 
 def _encodings_source() -> Path:
-    """The published encoding files (../shared/tiktoken): pods may have no way out to download them."""
-    source = Path(os.environ.get("KUBECHAT_TIKTOKEN_SOURCE", REPO.parent / "shared" / "tiktoken"))
-    if not list(source.glob("*.tiktoken")):
-        raise BuildError(f"no tiktoken encodings in {source} (set KUBECHAT_TIKTOKEN_SOURCE)")
-    return source
+    """The published encoding files (encodings.py: a local copy or the cache): pods may have no way out."""
+    return encodings.encodings_dir()
 
 
 def _add_accounts(root: Path, accounts: Iterable[tuple[str, str]]) -> None:
@@ -737,9 +725,11 @@ def build_image(kind: str, out_dir: Path | None = None, tag: str = "dev") -> Ima
     dockerfile = _dockerfile(kind)
     recipe = _recipe(dockerfile, {})
     reference = f"docker.io/kubechat/{kind}:{tag}"
-    encodings = _files(_encodings_source()) if recipe.encodings else []
+    carried = sorted(encodings.PINNED.items()) if recipe.encodings else []  # checked by _encodings_source
+    if carried:
+        _encodings_source()
     context = _context_digest(recipe)
-    files = [part for file in encodings for part in (file.name, file.read_bytes())]
+    files = [part for name, sha256 in carried for part in (name, sha256)]
     key = _digest([reference, dockerfile.read_bytes(), context, *files, Path(__file__).read_bytes()])
     archive = ImageArchive((out_dir or cache_dir()) / f"{kind}-{tag}.oci.tar", reference, recipe.spec)
     return _cached(archive, key, lambda work: _python_root(recipe, work))
@@ -834,7 +824,7 @@ def _image_config(archive: ImageArchive, diff_id: str) -> bytes:
         "ExposedPorts": {port: {} for port in spec.exposed_ports},
         "Labels": spec.labels,
     }
-    history = [{"created_by": f"images/ocibuild.py ({archive.reference})"}]
+    history = [{"created_by": f"localcluster/ocibuild.py ({archive.reference})"}]
     rootfs = {"type": "layers", "diff_ids": [diff_id]}
     return _json(
         {
@@ -914,38 +904,3 @@ def _member(tar: tarfile.TarFile, member: str | tarfile.TarInfo) -> bytes:
     if file is None:
         raise BuildError(f"{member} is not a file in the archive")
     return file.read()
-
-
-# ---- command line ------------------------------------------------------------------------------------------
-def main(argv: Sequence[str] | None = None) -> int:
-    """The CLI; a BuildError is one line on stderr and exit status 2, never a traceback."""
-    parser = argparse.ArgumentParser(prog="ocibuild", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build", help="build OCI archives (cached by their inputs)")
-    build.add_argument("image", choices=[*DOCKERFILES, "pause", "all"])
-    build.add_argument("--tag", default="dev", help="tag of the chatbot and operator images")
-    build.add_argument("--out", type=Path, help=f"where the archives go (default {cache_dir()})")
-    spec = commands.add_parser("spec", help="print the image config parsed from a Dockerfile")
-    spec.add_argument("dockerfile", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        if args.command == "spec":
-            print(json.dumps(dataclasses.asdict(dockerfile_spec(args.dockerfile)), indent=2))
-        else:
-            _build_command(args.image, args.tag, args.out)
-    except (BuildError, OSError) as error:
-        print(f"ocibuild: {error}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def _build_command(image: str, tag: str, out: Path | None) -> None:
-    kinds = [*DOCKERFILES, "pause"] if image == "all" else [image]
-    for kind in kinds:
-        start = time.monotonic()
-        archive = build_pause(out) if kind == "pause" else build_image(kind, out, tag)
-        print(f"{archive.reference}  {archive.path}  {time.monotonic() - start:.1f}s", flush=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,20 +1,15 @@
 """A real Kubernetes control plane on loopback for tests and local runs: etcd, kube-apiserver,
 kube-controller-manager, kube-scheduler and either kwok (fake nodes whose pods become Running and Ready, the
 fast path) or one real node (containerd, kubelet, kube-proxy: pods really run), which puts the whole cluster
-inside a network + mount namespace of its own (node.py).
-
-Standard library only, so it runs before anything is pip-installed. CLI:
-    python3 tests/cluster/localcluster.py build | up [--node real] | down | status | env | exec CMD... | shell
+inside a network + mount namespace of its own (node.py). The command line is cli.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,23 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __name__ == "__main__" and not __package__:  # run as a script: make `tests.cluster` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from tests.cluster import build, flags, kubeapi, node
-from tests.cluster.components import (
+from localcluster import build, flags, kubeapi, node
+from localcluster.components import (
     Process,
     free_ports,
     is_running,
-    rss_kib,
     spawn,
     stop,
     wait_healthy,
 )
-from tests.cluster.flags import KWOK_NODE_ANNOTATION
-from tests.cluster.pki import CertSpec, Pki, create_pki
+from localcluster.flags import KWOK_NODE_ANNOTATION
+from localcluster.pki import CertSpec, Pki, create_pki
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = REPO_ROOT / ".local-cluster"
 STOP_TIMEOUT = 10.0
 REAL_NODE_CERTS = (
@@ -145,9 +136,7 @@ class LocalCluster:
     # ---- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> ClusterInfo:
         """Build missing binaries, then bring every component up in dependency order; all or nothing."""
-        binaries = build.ensure_built(build.CONTROL_PLANE + (build.REAL_NODE if self.real_node else ()))
-        stages = build.ensure_kwok_stages()
-        images = list(self.images if self.images is not None else node_images()) if self.real_node else []
+        binaries, stages, images = prepare(self.real_node, self.images)
         try:
             self._start(binaries, stages, images)
         except BaseException:
@@ -392,169 +381,29 @@ def _process_from_state(p: dict[str, Any]) -> Process:
     return Process(p["name"], p["pid"], p["argv"], Path(p["log"]))
 
 
+def cluster_dir() -> Path:
+    return Path(os.environ.get("KUBECHAT_CLUSTER_DIR", DEFAULT_DIR))
+
+
+def prepare(
+    real_node: bool, images: Sequence[Path] | None = None, extra: Sequence[str] = ()
+) -> tuple[dict[str, Path], Path, list[Path]]:
+    """Everything a cluster needs that may come from the network (Go modules, Debian packages for the image
+    base, wheels, encodings), fetched and built now: once this thread is in a real node's namespace, nothing
+    can be downloaded any more. Returns the binaries (with `extra` ones, e.g. helm), kwok's stages and the
+    images to import."""
+    binaries = build.ensure_built([*build.CONTROL_PLANE, *(build.REAL_NODE if real_node else ()), *extra])
+    stages = build.ensure_kwok_stages()
+    archives = list(images if images is not None else node_images()) if real_node else []
+    return binaries, stages, archives
+
+
 def node_images() -> list[Path]:
     """The images a real node needs, built (or taken from the cache) by images/ocibuild.py: the sandbox
     (pause) image, the chat service (every bot's pods) and the operator."""
-    from images import ocibuild
+    from localcluster import ocibuild
 
     return [
         ocibuild.build_pause().path,
         *(ocibuild.build_image(kind).path for kind in ("chatbot", "operator")),
     ]
-
-
-# ---- CLI --------------------------------------------------------------------------------------------------
-def cluster_dir() -> Path:
-    return Path(os.environ.get("KUBECHAT_CLUSTER_DIR", DEFAULT_DIR))
-
-
-def cmd_build(args: argparse.Namespace) -> int:
-    started = time.monotonic()
-    names = args.components or list(build.COMPONENTS)
-    for name in names:
-        component = build.COMPONENTS[name]
-        state = "cached" if component.binary.exists() and not args.force else "to build"
-        print(f"{name:24} {component.version:10} {state:9} {component.binary}")
-    build.ensure_built(names, force=args.force)
-    print(f"binaries ready in {time.monotonic() - started:.1f} s")
-    return 0
-
-
-def cmd_up(args: argparse.Namespace) -> int:
-    workdir = cluster_dir()
-    running = LocalCluster.from_state(workdir)
-    if running is not None:
-        if running.is_complete():
-            print(f"already running at {running.server}; kubeconfig: {running.kubeconfig}")
-            return 0
-        print("cleaning up a previous cluster that is no longer complete", file=sys.stderr)
-        running.stop()
-    cluster = LocalCluster(workdir, nodes=args.nodes, timeout=args.timeout, real_node=args.node == "real")
-    try:
-        info = cluster.start()
-    except (RuntimeError, OSError, subprocess.CalledProcessError) as err:  # ComponentError is a RuntimeError
-        print(f"cluster-up failed: {err}", file=sys.stderr)
-        return 1
-    print(f"API server: {info.server}\nkubeconfig: {info.kubeconfig}\nlogs:       {cluster.log_dir}")
-    if info.holder_pid is None:
-        print(f"export KUBECONFIG={info.kubeconfig}")
-    else:
-        print("The cluster lives in a network namespace of its own; reach it from inside:")
-        print(f"  {sys.argv[0]} exec -- kubectl get nodes     # one command")
-        print(f"  {sys.argv[0]} shell                         # a shell (KUBECONFIG set)")
-    return 0
-
-
-def cmd_down(args: argparse.Namespace) -> int:
-    cluster = LocalCluster.from_state(cluster_dir())
-    if cluster is None:
-        print("no local cluster state: nothing to stop")
-        return 0
-    names = ", ".join(f"{p.name}={p.pid}" for p in cluster.processes)
-    cluster.stop()
-    print(f"stopped {names}")
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    cluster = LocalCluster.from_state(cluster_dir())
-    if cluster is None:
-        print("not running")
-        return 1
-    healthy = True
-    total = 0
-    print(f"API server: {cluster.server}\nkubeconfig: {cluster.kubeconfig}")
-    for p in cluster.processes:
-        alive = is_running(p)
-        healthy &= alive
-        rss = rss_kib(p.pid) if alive else None
-        total += rss or 0
-        memory = f"{rss / 1024:.0f} MiB RSS" if rss else ""
-        print(f"{p.name:24} pid {p.pid:<8} {'running' if alive else 'STOPPED':8} {memory}")
-    if cluster.holder is not None:
-        healthy &= is_running(cluster.holder)
-        tracked = {p.pid for p in cluster.processes}
-        others = [pid for pid in node.namespace_members(cluster.holder.pid) if pid not in tracked]
-        if cluster.node_layout is not None:
-            pods = node.cgroup_members(cluster.node_layout.cgroup_root)
-            others += [pid for pid in pods if pid not in others]
-        rest = sum(rss_kib(pid) or 0 for pid in others)
-        total += rest
-        print(f"{'pods, shims, the rest':24} {len(others)} processes        {rest / 1024:.0f} MiB RSS")
-        print(f"namespace holder pid {cluster.holder.pid}; enter it with: {sys.argv[0]} shell")
-    print(f"{'total':24} {'':23} {total / 1024:.0f} MiB RSS")
-    return 0 if healthy else 1
-
-
-def cmd_exec(args: argparse.Namespace) -> int:
-    """Run a command where the cluster is: inside a real node's namespaces, with KUBECONFIG set."""
-    cluster = LocalCluster.from_state(cluster_dir())
-    if cluster is None:
-        print("no local cluster is running (start one with `up`)", file=sys.stderr)
-        return 1
-    command = args.command_line or [os.environ.get("SHELL", "/bin/sh")]
-    if command[0] == "--":
-        command = command[1:]
-    reuse = "KUBECHAT_REAL_KUBECONFIG" if cluster.real_node else "KUBECHAT_KUBECONFIG"  # for pytest
-    env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig), **{reuse: str(cluster.kubeconfig)})
-    argv = node.enter_argv(cluster.holder.pid, command) if cluster.holder else command
-    try:
-        return subprocess.run(argv, env=env).returncode
-    except FileNotFoundError as err:
-        print(f"cannot run {command[0]}: {err.strerror}", file=sys.stderr)
-        return 127
-
-
-def cmd_env(args: argparse.Namespace) -> int:
-    print(f"export KUBECONFIG={cluster_dir() / 'kubeconfig'}")
-    return 0
-
-
-def cmd_pin_k8s(args: argparse.Namespace) -> int:
-    build.pin_kubernetes(args.version)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_build = sub.add_parser("build", help="build missing binaries into the cache")
-    p_build.add_argument("components", nargs="*", metavar="COMPONENT", help=", ".join(build.COMPONENTS))
-    p_build.add_argument("--force", action="store_true", help="rebuild even if cached")
-    p_build.set_defaults(func=cmd_build)
-    p_up = sub.add_parser("up", help=f"start a cluster in {DEFAULT_DIR} (or $KUBECHAT_CLUSTER_DIR)")
-    p_up.add_argument("--nodes", type=int, default=2, help="number of fake kwok nodes")
-    p_up.add_argument(
-        "--node",
-        choices=("kwok", "real"),
-        default=os.environ.get("NODE") or "kwok",
-        help="kwok: fake nodes (fast, pods never run); real: one kubelet node running pods for real, with "
-        "the whole cluster in a network namespace of its own (default: $NODE or kwok)",
-    )
-    p_up.add_argument(
-        "--timeout", type=float, default=120.0, help="seconds each component may take to be healthy"
-    )
-    p_up.set_defaults(func=cmd_up)
-    sub.add_parser("down", help="stop the cluster by PID and delete its data").set_defaults(func=cmd_down)
-    sub.add_parser("status", help="show PIDs, liveness and memory").set_defaults(func=cmd_status)
-    sub.add_parser("env", help="print the KUBECONFIG export line").set_defaults(func=cmd_env)
-    p_exec = sub.add_parser("exec", help="run a command inside the cluster's namespace, KUBECONFIG set")
-    p_exec.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND ...")
-    p_exec.set_defaults(func=cmd_exec)
-    sub.add_parser("shell", help="a shell inside the cluster's namespace").set_defaults(
-        func=cmd_exec, command_line=[]
-    )
-    p_pin = sub.add_parser("pin-k8s", help="re-pin k8s.io/kubernetes (rewrites tests/cluster/go.mod)")
-    p_pin.add_argument("version", help="e.g. v1.36.4")
-    p_pin.set_defaults(func=cmd_pin_k8s)
-    args = parser.parse_args(argv)
-    unknown = set(getattr(args, "components", [])) - set(build.COMPONENTS)
-    if unknown:
-        parser.error(f"unknown component(s): {', '.join(sorted(unknown))}")
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

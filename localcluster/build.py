@@ -1,25 +1,26 @@
-"""Build the control-plane binaries from pinned Go modules into a per-version cache outside git.
+"""Build the control-plane binaries (and helm) from pinned Go modules into the cache (cache.py).
 
-Versions live in the go.mod files next to this file (one small module per upstream project so their
-dependency graphs never have to agree); this module reads them back so there is one place to bump.
+Versions live in the go.mod files under go/ (one small module per upstream project so their dependency
+graphs never have to agree); this module reads them back so there is one place to bump.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
-import sys
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from localcluster.cache import cache_dir, locked, partial_path
+from localcluster.errors import BuildError, FetchError
+from localcluster.progress import step
+
+GO_MODULES = Path(__file__).resolve().parent / "go"
 K8S_MODULE = "k8s.io/kubernetes"
 
 
@@ -44,24 +45,30 @@ class Component:
 
 
 def _k8s(name: str) -> Component:
-    return Component(name, HERE, K8S_MODULE, f"{K8S_MODULE}/cmd/{name}", stamp_k8s_version=True)
+    return Component(
+        name, GO_MODULES / "kubernetes", K8S_MODULE, f"{K8S_MODULE}/cmd/{name}", stamp_k8s_version=True
+    )
 
 
 # Built one at a time (2 cores), in this order.
 COMPONENTS: dict[str, Component] = {
     c.name: c
     for c in (
-        Component("etcd", HERE / "etcd", "go.etcd.io/etcd/server/v3", "go.etcd.io/etcd/server/v3"),
+        Component("etcd", GO_MODULES / "etcd", "go.etcd.io/etcd/server/v3", "go.etcd.io/etcd/server/v3"),
         _k8s("kube-apiserver"),
         _k8s("kube-controller-manager"),
         _k8s("kube-scheduler"),
-        Component("kwok", HERE / "kwok", "sigs.k8s.io/kwok", "sigs.k8s.io/kwok/cmd/kwok"),
+        Component("kwok", GO_MODULES / "kwok", "sigs.k8s.io/kwok", "sigs.k8s.io/kwok/cmd/kwok"),
         # The real node (`localcluster up --node real`): same module, so the build cache is mostly warm.
         _k8s("kubelet"),
         _k8s("kube-proxy"),
         # Not run by the cluster: tests/integration/test_chart.py lints and renders charts/kubechat with it.
         Component(
-            "helm", HERE / "helm", "helm.sh/helm/v3", "helm.sh/helm/v3/cmd/helm", stamp_helm_version=True
+            "helm",
+            GO_MODULES / "helm",
+            "helm.sh/helm/v3",
+            "helm.sh/helm/v3/cmd/helm",
+            stamp_helm_version=True,
         ),
     )
 }
@@ -73,17 +80,12 @@ CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-sche
 REAL_NODE = ("kubelet", "kube-proxy")
 
 
-def cache_dir() -> Path:
-    """Binaries are large and slow to build, so they live outside the work tree, shared by all checkouts."""
-    return Path(os.environ.get("KUBECHAT_CACHE", "~/.cache/kubechat")).expanduser()
-
-
 def module_version(module_dir: Path, upstream: str) -> str:
     """Read the pinned version of `upstream` from `module_dir/go.mod` (the single source of truth)."""
     text = (module_dir / "go.mod").read_text()
     match = re.search(rf"^\s*(?:require\s+)?{re.escape(upstream)}\s+(v\S+)", text, re.MULTILINE)
     if not match:
-        raise RuntimeError(f"{upstream} is not required in {module_dir / 'go.mod'}")
+        raise BuildError(f"{upstream} is not required in {module_dir / 'go.mod'}")
     return match.group(1)
 
 
@@ -110,40 +112,78 @@ def ldflags(component: Component) -> str:
     return " ".join(flags)
 
 
-@contextmanager
-def _build_lock() -> Iterator[None]:
-    """Serialise builds across processes (two pytest runs must not both spend minutes building)."""
-    lock_path = cache_dir() / "build.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def build_one(component: Component, log: bool = True) -> float:
-    """Build one binary into the cache (atomically, via a temporary name); return seconds taken."""
+def _go() -> str:
     go = shutil.which("go")
     if go is None:
-        raise RuntimeError("the Go toolchain is needed to build the control plane: `go` is not on PATH")
+        raise BuildError("the Go toolchain is needed to build the cluster: `go` is not on PATH (install Go)")
+    return go
+
+
+def _log_file(name: str) -> Path:
+    logs = cache_dir() / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    return logs / f"{name}.log"
+
+
+def _last_line(log: Path) -> str:
+    lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def _go_run(argv: list[str], cwd: Path, log: Path, offline: bool) -> subprocess.CompletedProcess[bytes]:
+    """Run a go command with its output in `log`; offline: the module proxy is off (all must be cached)."""
+    env = dict(os.environ)
+    if offline:
+        env["GOPROXY"] = "off"
+    with log.open("wb") as out:
+        return subprocess.run(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+
+
+def fetch_modules(components: Iterable[Component]) -> None:
+    """Download every Go module the components need (the only step of a build that needs the network),
+    once per module directory; afterwards builds run with the module proxy off."""
+    go = _go()
+    for module_dir in dict.fromkeys(c.module_dir for c in components):
+        name = module_dir.name
+        log = _log_file(f"go-mod-download-{name}")
+        cached = _go_run([go, "mod", "download"], module_dir, log.with_suffix(".cached.log"), offline=True)
+        if cached.returncode == 0:
+            continue  # all in the module cache already
+        with step(f"fetching the Go modules of {name} (localcluster/go/{name})"):
+            done = _go_run([go, "mod", "download", "-x"], module_dir, log, offline=False)
+        if done.returncode != 0:
+            raise FetchError(
+                f"fetching the Go modules of {name} failed: {_last_line(log)} (full log: {log}). "
+                "The Go module proxy must be reachable (GOPROXY, or a module cache filled beforehand)."
+            )
+
+
+def build_one(component: Component, position: str = "") -> float:
+    """Build one binary into the cache (atomically, via a temporary name); return seconds taken.
+
+    Its modules must be fetched already (fetch_modules): the build itself runs with the proxy off, so a
+    build that would need the network fails here, saying so, rather than somewhere the network is not.
+    """
+    go = _go()
     target = component.binary
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp = partial_path(target)
+    log = _log_file(f"build-{component.name}")
     cmd = [go, "build", "-trimpath", "-ldflags", ldflags(component), "-o", str(tmp), component.package]
-    if log:
-        print(f"building {component.name} {component.version} -> {target}", file=sys.stderr, flush=True)
     started = time.monotonic()
     try:
-        subprocess.run(cmd, cwd=component.module_dir, check=True)
+        with step(f"building {component.name} {component.version}{position}"):
+            done = _go_run(cmd, component.module_dir, log, offline=True)
+        if done.returncode != 0:
+            hint = ""
+            if "GOPROXY=off" in log.read_text(errors="replace"):
+                hint = " Its Go modules are not all cached: run `python3 -m localcluster build "
+                hint += f"{component.name}` where the module proxy is reachable."
+            raise BuildError(f"building {component.name} failed: {_last_line(log)} (full log: {log}).{hint}")
         tmp.rename(target)
     finally:
         tmp.unlink(missing_ok=True)
-    elapsed = time.monotonic() - started
-    if log:
-        print(f"built {component.name} in {elapsed:.1f} s", file=sys.stderr, flush=True)
-    return elapsed
+    return time.monotonic() - started
 
 
 def ensure_built(names: Iterable[str] | None = None, force: bool = False) -> dict[str, Path]:
@@ -151,10 +191,12 @@ def ensure_built(names: Iterable[str] | None = None, force: bool = False) -> dic
     selected = [COMPONENTS[n] for n in (names or COMPONENTS)]
     missing = [c for c in selected if force or not c.binary.exists()]
     if missing:
-        with _build_lock():
-            for component in missing:
-                if force or not component.binary.exists():  # another process may have built it meanwhile
-                    build_one(component)
+        with locked():
+            missing = [c for c in missing if force or not c.binary.exists()]  # another process may have
+            if missing:
+                fetch_modules(missing)
+            for number, component in enumerate(missing, 1):
+                build_one(component, f" ({number} of {len(missing)})")
     if "kwok" in (c.name for c in selected):
         ensure_kwok_stages()
     return {c.name: c.binary for c in selected}
@@ -173,13 +215,14 @@ KWOK_STAGE_FILES = (
 
 def module_source_dir(component: Component) -> Path:
     """Where the Go module cache holds the pinned upstream module's source (downloading it if needed)."""
-    result = subprocess.run(
-        ["go", "mod", "download", "-json", f"{component.upstream}@{component.version}"],
-        cwd=component.module_dir,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    argv = [_go(), "mod", "download", "-json", f"{component.upstream}@{component.version}"]
+    result = subprocess.run(argv, cwd=component.module_dir, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        error = (result.stderr.strip() or result.stdout.strip()).splitlines() or ["no output"]
+        raise FetchError(
+            f"fetching {component.upstream}@{component.version} failed: {error[-1]}. "
+            "The Go module proxy must be reachable (GOPROXY, or a module cache filled beforehand)."
+        )
     return Path(json.loads(result.stdout)["Dir"])
 
 
@@ -195,7 +238,7 @@ def ensure_kwok_stages() -> Path:
         source = module_source_dir(COMPONENTS["kwok"])
         docs = [(source / name).read_text().strip() + "\n" for name in KWOK_STAGE_FILES]
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        tmp = partial_path(target)
         tmp.write_text("---\n".join(docs))
         tmp.rename(target)
     return target
@@ -231,7 +274,7 @@ def pin_kubernetes(version: str) -> None:
         ")",
         "",
     ]
-    (HERE / "go.mod").write_text("\n".join(lines))
-    (HERE / "go.sum").unlink(missing_ok=True)
-    subprocess.run(["go", "mod", "tidy"], cwd=HERE, check=True)
+    (GO_MODULES / "kubernetes" / "go.mod").write_text("\n".join(lines))
+    (GO_MODULES / "kubernetes" / "go.sum").unlink(missing_ok=True)
+    subprocess.run(["go", "mod", "tidy"], cwd=GO_MODULES / "kubernetes", check=True)
     print(f"pinned {K8S_MODULE} {version} with {len(staging)} staging replaces ({staging_version})")

@@ -1,1 +1,0 @@
-"""Container images: their Dockerfiles and the Docker-free builder (images.ocibuild)."""
