@@ -25,6 +25,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from chatbot_service import __version__
 from chatbot_service.errors import BadRequest, ChatError, SessionNotFound
 from chatbot_service.holder import SettingsHolder
+from chatbot_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from chatbot_service.metrics import Metrics, Turn
 from chatbot_service.service import ChatService, TurnResult
 from chatbot_service.sessions import SessionStore, Stores
 from chatbot_service.sources import read_local
@@ -90,11 +92,15 @@ def create_app(
     when the environment names a store, and mounted files, in that order of precedence)."""
     env = dict(os.environ if environ is None else environ)
     source = None if load else _app_configuration(env)
-    holder = SettingsHolder(load or _local_loader(env, source))
+    metrics = Metrics()
+    holder = SettingsHolder(
+        load or _local_loader(env, source),
+        on_reload=lambda ok: metrics.settings_reloads.labels("ok" if ok else "failed").inc(),
+    )
     holder.reload()
-    stores = Stores()
+    stores = Stores(metrics)
     upstream = Upstream()
-    service = ChatService(holder, stores, upstream)
+    service = ChatService(holder, stores, upstream, metrics)
     reload_interval = float(env.get("KUBECHAT_RELOAD_INTERVAL", "5"))
 
     @contextlib.asynccontextmanager
@@ -126,7 +132,9 @@ def create_app(
     )
     app.state.service = service
     app.state.holder = holder
+    app.state.metrics = metrics
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(HttpMetrics, metrics=metrics)  # outermost: refusals by the body limit count too
 
     @app.exception_handler(ChatError)
     async def on_chat_error(_: Request, exc: ChatError) -> JSONResponse:
@@ -231,13 +239,22 @@ def create_app(
             "X-Kubechat-Prompt-Tokens": str(prompt.tokens),
             "X-Kubechat-Truncated": str(prompt.truncated).lower(),
         }
-        if not body.get("stream"):
-            content = await upstream.complete_raw(settings, params)
-            return Response(content, media_type="application/json", headers=headers)
-        stream = upstream.stream(settings, params)
-        response = await stream.__aenter__()
+        turn = metrics.turn(settings.model)
+        try:
+            if not body.get("stream"):
+                content = await upstream.complete_raw(settings, params)
+                turn.answered(_json_object(content))
+                turn.served()
+                return Response(content, media_type="application/json", headers=headers)
+            stream = upstream.stream(settings, params)
+            response = await stream.__aenter__()
+        except ChatError as exc:
+            service.failed(turn, exc)
+            raise
         return StreamingResponse(
-            _passthrough(stream, response), media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
+            _passthrough(stream, response, turn, service),
+            media_type="text/event-stream",
+            headers={**SSE_HEADERS, **headers},
         )
 
     @app.get("/v1/models", tags=["openai"])
@@ -250,6 +267,11 @@ def create_app(
                 {"id": settings.model, "object": "model", "created": int(time.time()), "owned_by": "kubechat"}
             ],
         }
+
+    @app.get("/metrics", tags=["probes"], response_class=Response)
+    async def metrics_endpoint() -> Response:
+        """Prometheus metrics: the OpenTelemetry GenAI conventions (v1.41.0) and kubechat's own."""
+        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -309,16 +331,79 @@ async def _chat_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[b
             yield sse("error", {**error.body(), "status": error.status})
 
 
-async def _passthrough(stream: Any, response: Any) -> AsyncIterator[bytes]:
-    """Forward the upstream's event stream byte for byte; a break mid-stream ends with an error event."""
+async def _passthrough(stream: Any, response: Any, turn: Turn, service: ChatService) -> AsyncIterator[bytes]:
+    """Forward the upstream's event stream byte for byte; a break mid-stream ends with an error event.
+
+    Usage is read from the stream's usage chunk when the client asked for one (``stream_options``)."""
+    ended = False
+    usage: dict[str, Any] | None = None
     try:
         async for chunk in response.aiter_bytes():
+            turn.first_token()
+            if b'"usage"' in chunk:
+                usage = _usage_in(chunk) or usage
             yield chunk
+        ended = True
+        turn.answered(None, usage)
+        turn.served()
     except httpx2.HTTPError as exc:
+        ended = True
         error = map_transport_error(exc)
+        service.failed(turn, error)
         yield f"data: {json.dumps(error.body())}\n\n".encode()
     finally:
+        if not ended:  # the client left mid-stream
+            turn.upstream_failed("cancelled")
+            turn.served("cancelled")
         await stream.__aexit__(None, None, None)
+
+
+def _json_object(content: bytes) -> dict[str, Any] | None:
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _usage_in(chunk: bytes) -> dict[str, Any] | None:
+    """The usage block of the SSE events in ``chunk`` (whole ``data:`` lines only)."""
+    for line in chunk.split(b"\n"):
+        if line.startswith(b"data:") and b'"usage"' in line:
+            event = _json_object(line[5:])
+            if event and isinstance(event.get("usage"), dict):
+                return dict(event["usage"])
+    return None
+
+
+class HttpMetrics:
+    """Counts and times every HTTP request by its route template (bounded: never the raw path)."""
+
+    METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"] if scope["method"] in self.METHODS else "other"
+            self.metrics.record_http(route, method, status, time.perf_counter() - start)
 
 
 class BodyLimit:

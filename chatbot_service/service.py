@@ -18,6 +18,7 @@ import httpx2
 from chatbot_service.conversation import Message, Prompt, fit
 from chatbot_service.errors import BadRequest, ChatError, MessageTooLong, SessionNotFound, UpstreamError
 from chatbot_service.holder import SettingsHolder
+from chatbot_service.metrics import Metrics, Turn
 from chatbot_service.sessions import Stores
 from chatbot_service.settings import Settings
 from chatbot_service.tokens import Encoding, get_encoding
@@ -45,11 +46,22 @@ def new_session_id() -> str:
 
 
 class ChatService:
-    def __init__(self, holder: SettingsHolder, stores: Stores, upstream: Upstream) -> None:
+    def __init__(
+        self, holder: SettingsHolder, stores: Stores, upstream: Upstream, metrics: Metrics | None = None
+    ) -> None:
         self.holder = holder
         self.stores = stores
         self.upstream = upstream
+        self.metrics = metrics or Metrics()
         self._system: tuple[Settings, Message] | None = None
+
+    def failed(self, turn: Turn, error: ChatError, *, upstream: bool = True) -> None:
+        """Count a turn that ended in ``error`` (``upstream``: the model's API call itself failed)."""
+        if upstream:
+            turn.upstream_failed(error.code)
+            if isinstance(error, UpstreamError):
+                self.metrics.record_upstream_error(error.code, error.status)
+        turn.served(error.code)
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -106,9 +118,18 @@ class ChatService:
         sid = session_id or new_session_id()
         async with self.stores.get(settings).lock(sid):
             user, prompt, history = await self._prepare(settings, sid, session_id is None, text)
-            body = await self.upstream.complete(settings, self._params(settings, prompt))
-            reply = _reply_text(body)
-            return await self._record(settings, sid, user, reply, body.get("usage"), prompt, history)
+            self.metrics.record_fit("/chat", prompt.truncated, prompt.dropped)
+            turn = self.metrics.turn(settings.model)
+            try:
+                body = await self.upstream.complete(settings, self._params(settings, prompt))
+                reply = _reply_text(body)
+            except ChatError as exc:
+                self.failed(turn, exc)
+                raise
+            turn.answered(body)
+            result = await self._record(settings, sid, user, reply, body.get("usage"), prompt, history)
+            turn.served()
+            return result
 
     async def _record(
         self,
@@ -143,16 +164,21 @@ class ChatService:
         sid = session_id or new_session_id()
         lock = self.stores.get(settings).lock(sid)
         await lock.__aenter__()
+        turn: Turn | None = None
         try:
             user, prompt, history = await self._prepare(settings, sid, session_id is None, text)
+            self.metrics.record_fit("/chat", prompt.truncated, prompt.dropped)
             params = self._params(settings, prompt)
             params["stream_options"] = {"include_usage": True}
+            turn = self.metrics.turn(settings.model)
             stream = self.upstream.stream(settings, params)
             response = await stream.__aenter__()
-        except BaseException:
+        except BaseException as exc:
+            if turn is not None and isinstance(exc, ChatError):
+                self.failed(turn, exc)
             await lock.__aexit__(None, None, None)
             raise
-        relay = self._relay(settings, sid, user, prompt, history, lock, stream, response)
+        relay = self._relay(settings, sid, user, prompt, history, lock, stream, response, turn)
         # Step into the relay's try block now: a generator that never started would not run its finally
         # if the client left before the body was sent, and the session would stay locked.
         first = await relay.__anext__()
@@ -168,25 +194,38 @@ class ChatService:
         lock: Any,
         stream: Any,
         response: Any,
+        turn: Turn,
     ) -> AsyncIterator[dict[str, Any]]:
         parts: list[str] = []
         usage: dict[str, Any] | None = None
+        last: dict[str, Any] | None = None
+        served = False
         try:
             yield {"session_id": sid}
             try:
                 async for chunk in sse_json(response):
+                    last = chunk
                     for choice in chunk.get("choices") or ():
                         delta = (choice.get("delta") or {}).get("content")
                         if delta:
+                            turn.first_token()
                             parts.append(delta)
                             yield {"delta": delta}
                     usage = chunk.get("usage") or usage
             except ChatError as exc:
+                served = True
+                self.failed(turn, exc)
                 yield {"error": exc}
                 return
+            served = True
+            turn.answered(last, usage)
             result = await self._record(settings, sid, user, "".join(parts), usage, prompt, history)
+            turn.served()
             yield {"done": result}
         finally:
+            if not served:  # the client left before the reply was complete
+                turn.upstream_failed("cancelled")
+                turn.served("cancelled")
             await stream.__aexit__(None, None, None)
             await lock.__aexit__(None, None, None)
 
@@ -217,6 +256,7 @@ class ChatService:
                 "'messages' needs at least one user or assistant message", code="invalid_messages"
             )
         prompt = fit(pinned, rest[:-1], rest[-1], settings.budget)
+        self.metrics.record_fit("/v1/chat/completions", prompt.truncated, prompt.dropped)
         limit = request.get("max_completion_tokens") or request.get("max_tokens")
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise BadRequest("'max_tokens' must be a positive integer", code="invalid_parameter")
