@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -43,6 +43,8 @@ TIME_TO_FIRST_TOKEN_BUCKETS = (
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 OTHER = "other"
+ANONYMOUS = "anonymous"  # the identity of callers of a bot without access control
+REFUSAL_REASONS = ("unauthenticated", "forbidden", "rate_limited", "budget_exhausted")
 MAX_MODELS = 20
 MAX_IDENTITIES = 100
 
@@ -212,8 +214,11 @@ class Metrics:
             ["identity"],
             registry=r,
         )
-        self.settings_reloads.labels("ok")
-        self.settings_reloads.labels("failed")
+        # Series that exist from the start read as 0 instead of "no data" on dashboards and alerts.
+        for result in ("ok", "failed"):
+            self.settings_reloads.labels(result)
+        for reason in REFUSAL_REASONS:
+            self.refusals.labels(reason)
 
     # -- GenAI -----------------------------------------------------------------------------
 
@@ -285,8 +290,7 @@ class Metrics:
         who = self.identities(identity)
         self.identity_tokens.labels(who, "input").inc(input_tokens)
         self.identity_tokens.labels(who, "output").inc(output_tokens)
-        if cost_usd:
-            self.identity_cost.labels(who).inc(cost_usd)
+        self.identity_cost.labels(who).inc(cost_usd)
 
     def count_sessions(self, count: Callable[[], int]) -> None:
         """Report the store's session count whenever Prometheus scrapes."""
@@ -299,24 +303,28 @@ class Metrics:
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
-    def names(self) -> Iterable[str]:
-        """Every sample name this registry can expose (``_bucket``, ``_total``, ... included)."""
-        for family in self.registry.collect():
-            yield family.name
-            for suffix in ("_total", "_created", "_bucket", "_count", "_sum"):
-                yield family.name + suffix
-
 
 class Turn:
     """One GenAI request being served: its upstream call (``gen_ai.client.*``) and what the caller
     waited for (``gen_ai.server.*``), timed from one start."""
 
-    __slots__ = ("_first", "_input", "_metrics", "_output", "_response_model", "_start", "model", "operation")
+    __slots__ = (
+        "_first",
+        "_input",
+        "_metrics",
+        "_output",
+        "_response_model",
+        "_start",
+        "identity",
+        "model",
+        "operation",
+    )
 
     def __init__(self, metrics: Metrics, request_model: str, operation: str) -> None:
         self._metrics = metrics
         self.model = request_model
         self.operation = operation
+        self.identity = ANONYMOUS
         self._start = time.perf_counter()
         self._first: float | None = None
         self._response_model: str | None = None
@@ -344,6 +352,7 @@ class Turn:
             output_tokens=self._output,
             operation=self.operation,
         )
+        self._metrics.record_usage(self.identity, self._input or 0, self._output or 0, 0.0)
 
     def upstream_failed(self, error_type: str) -> None:
         self._metrics.record_call(
