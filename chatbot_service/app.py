@@ -10,37 +10,44 @@ import logging
 import os
 import pathlib
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx2
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 from chatbot_service import __version__
-from chatbot_service.errors import BadRequest, ChatError, SessionNotFound
+from chatbot_service.api_models import (
+    SESSION_ID_PATTERN,
+    ChatReply,
+    ChatRequest,
+    CompletionRequest,
+)
+from chatbot_service.errors import BadRequest, ChatError, SessionNotFound, UnsupportedMediaType
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from chatbot_service.metrics import Metrics, Turn
+from chatbot_service.metrics import Metrics
+from chatbot_service.middleware import BodyLimit, HttpMetrics
+from chatbot_service.relay import Relay, RelayResponse
 from chatbot_service.service import ChatService, TurnResult
 from chatbot_service.sessions import SessionStore, Stores
 from chatbot_service.sources import read_local
+from chatbot_service.sse import KEEPALIVE
 from chatbot_service.tokens import get_encoding
-from chatbot_service.upstream import Upstream, map_transport_error
+from chatbot_service.upstream import Upstream
+from chatbot_service.validation import parse_json, validation_error
 
 if TYPE_CHECKING:
     from chatbot_service.appconfig import Source
 
 log = logging.getLogger("kubechat.http")
 
-SESSION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
 MAX_BODY_BYTES = 1 << 20
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 STATIC_DIR = pathlib.Path(__file__).parent / "static"
 # The chat page and its files: only this origin's own scripts, styles and connections, no inline code.
 PAGE_HEADERS = {
@@ -52,26 +59,6 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",
 }
-
-
-class ChatRequest(BaseModel):
-    """A turn in a server-side conversation."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-    message: str = Field(description="The user's message.")
-    session_id: str | None = Field(
-        default=None,
-        pattern=SESSION_ID_PATTERN,
-        description="Continue this session; omit to start a new one.",
-    )
-    stream: bool = Field(default=False, description="Stream the reply as Server-Sent Events.")
-
-
-class ChatReply(BaseModel):
-    session_id: str
-    reply: str
-    usage: dict[str, int]
-    truncated: bool
 
 
 SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
@@ -130,6 +117,7 @@ def create_app(
             "One chat bot: conversations kept server-side at /chat; OpenAI-compatible /v1/chat/completions."
         ),
     )
+    app.router.route_class = JSONRoute
     app.state.service = service
     app.state.holder = holder
     app.state.metrics = metrics
@@ -143,15 +131,13 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         problems = exc.errors()
-        if any(p.get("type") == "json_invalid" for p in problems):
-            return error_response(BadRequest("the request body is not valid JSON", code="malformed_json"))
-        described = "; ".join(
-            f"{'.'.join(str(x) for x in p.get('loc', ())[1:]) or 'body'}: {p.get('msg')}" for p in problems
-        )
-        return JSONResponse(
-            {"error": {"type": "invalid_request_error", "code": "invalid_body", "message": described}},
-            status_code=422,
-        )
+        for problem in problems:
+            if problem.get("type") == "json_invalid":
+                reason = (problem.get("ctx") or {}).get("error", "")
+                return error_response(
+                    BadRequest(f"the request body is not valid JSON: {reason}", code="malformed_json")
+                )
+        return error_response(validation_error(problems))
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -202,8 +188,8 @@ def create_app(
         if not request.stream:
             result = await service.turn(request.session_id, request.message)
             return JSONResponse(result.as_json())
-        events = await service.turn_stream(request.session_id, request.message)
-        return StreamingResponse(_chat_events(events), media_type="text/event-stream", headers=SSE_HEADERS)
+        relay, events = await service.turn_stream(request.session_id, request.message)
+        return RelayResponse(relay, _chat_events(events), {})
 
     @app.get("/sessions/{session_id}", tags=["conversations"])
     async def get_session(session_id: SessionId) -> dict[str, Any]:
@@ -224,38 +210,31 @@ def create_app(
         return Response(status_code=204)
 
     @app.post("/v1/chat/completions", tags=["openai"])
-    async def completions(request: Request) -> Response:
+    async def completions(request: CompletionRequest) -> Response:
         """OpenAI-compatible and stateless; the bot's system prompt always comes first, its model is
         used whatever the request names, and a client's system messages follow the bot's prompt."""
-        try:
-            body = json.loads(await request.body())
-        except ValueError:
-            raise BadRequest("the request body is not valid JSON", code="malformed_json") from None
-        if not isinstance(body, dict):
-            raise BadRequest("the request body must be a JSON object", code="invalid_body")
         settings = holder.require()
-        params, prompt = service.completion_params(settings, body)
+        params, prompt = service.completion_params(settings, request)
         headers = {
             "X-Kubechat-Prompt-Tokens": str(prompt.tokens),
             "X-Kubechat-Truncated": str(prompt.truncated).lower(),
         }
+        if request.stream_options is not None:
+            params["stream_options"] = request.stream_options.model_dump(exclude_none=True)
         turn = metrics.turn(settings.model)
+        resources = contextlib.AsyncExitStack()
         try:
-            if not body.get("stream"):
+            if not request.stream:
                 content = await upstream.complete_raw(settings, params)
                 turn.answered(_json_object(content))
                 turn.served()
                 return Response(content, media_type="application/json", headers=headers)
-            stream = upstream.stream(settings, params)
-            response = await stream.__aenter__()
+            response = await resources.enter_async_context(upstream.stream(settings, params))
         except ChatError as exc:
-            service.failed(turn, exc)
+            turn.failed(exc)
             raise
-        return StreamingResponse(
-            _passthrough(stream, response, turn, service),
-            media_type="text/event-stream",
-            headers={**SSE_HEADERS, **headers},
-        )
+        relay = Relay(response, resources, settings.stream_keepalive, turn)
+        return RelayResponse(relay, _passthrough(relay), headers)
 
     @app.get("/v1/models", tags=["openai"])
     async def models() -> dict[str, Any]:
@@ -292,6 +271,35 @@ def create_app(
     return app
 
 
+class JSONRequest(Request):
+    """A request whose JSON body is read strictly (see ``validation.parse_json``)."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = parse_json(await self.body())
+        return self._json
+
+
+class JSONRoute(APIRoute):
+    """Routes that take a JSON body take only ``application/json`` (or ``+json``): a body a browser
+    may send cross-site without asking (``text/plain``, forms) is refused before it is read."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        if self.body_field is None:
+            return handler
+
+        async def strict(request: Request) -> Response:
+            media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+            if media_type != "application/json" and not media_type.endswith("+json"):
+                raise UnsupportedMediaType(
+                    f"send the body as application/json (got {media_type[:60] or 'no content type'})"
+                )
+            return await handler(JSONRequest(request.scope, request.receive))
+
+        return strict
+
+
 class PageFiles(StaticFiles):
     """The page's static files, with the page's security headers."""
 
@@ -317,10 +325,12 @@ def _local_loader(env: Mapping[str, str], source: Source | None) -> Callable[[],
     return lambda: read_local(env, app_configuration=source.values())
 
 
-async def _chat_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
+async def _chat_events(events: AsyncIterator[dict[str, Any]]) -> AsyncGenerator[bytes, None]:
     async for event in events:
         if "delta" in event:
             yield sse("delta", event)
+        elif "keepalive" in event:
+            yield KEEPALIVE
         elif "session_id" in event:
             yield sse("session", event)
         elif "done" in event:
@@ -331,31 +341,14 @@ async def _chat_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[b
             yield sse("error", {**error.body(), "status": error.status})
 
 
-async def _passthrough(stream: Any, response: Any, turn: Turn, service: ChatService) -> AsyncIterator[bytes]:
-    """Forward the upstream's event stream byte for byte; a break mid-stream ends with an error event.
-
-    Usage is read from the stream's usage chunk when the client asked for one (``stream_options``)."""
-    ended = False
-    usage: dict[str, Any] | None = None
+async def _passthrough(relay: Relay) -> AsyncGenerator[bytes, None]:
+    """The upstream's events, each forwarded whole once it is complete; a stream that ends badly
+    ends with one ``data: {"error": ...}`` event (which OpenAI SDKs raise as an APIError)."""
     try:
-        async for chunk in response.aiter_bytes():
-            turn.first_token()
-            if b'"usage"' in chunk:
-                usage = _usage_in(chunk) or usage
-            yield chunk
-        ended = True
-        turn.answered(None, usage)
-        turn.served()
-    except httpx2.HTTPError as exc:
-        ended = True
-        error = map_transport_error(exc)
-        service.failed(turn, error)
-        yield f"data: {json.dumps(error.body())}\n\n".encode()
-    finally:
-        if not ended:  # the client left mid-stream
-            turn.upstream_failed("cancelled")
-            turn.served("cancelled")
-        await stream.__aexit__(None, None, None)
+        async for event in relay.events():
+            yield KEEPALIVE if event is None else event.encoded()
+    except ChatError as exc:
+        yield b"data: " + json.dumps(exc.body(), separators=(",", ":")).encode() + b"\n\n"
 
 
 def _json_object(content: bytes) -> dict[str, Any] | None:
@@ -364,68 +357,3 @@ def _json_object(content: bytes) -> dict[str, Any] | None:
     except ValueError:
         return None
     return body if isinstance(body, dict) else None
-
-
-def _usage_in(chunk: bytes) -> dict[str, Any] | None:
-    """The usage block of the SSE events in ``chunk`` (whole ``data:`` lines only)."""
-    for line in chunk.split(b"\n"):
-        if line.startswith(b"data:") and b'"usage"' in line:
-            event = _json_object(line[5:])
-            if event and isinstance(event.get("usage"), dict):
-                return dict(event["usage"])
-    return None
-
-
-class HttpMetrics:
-    """Counts and times every HTTP request by its route template (bounded: never the raw path)."""
-
-    METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Any) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = scope["method"] if scope["method"] in self.METHODS else "other"
-            self.metrics.record_http(route, method, status, time.perf_counter() - start)
-
-
-class BodyLimit:
-    """Refuse bodies that declare more than ``limit`` bytes before reading them."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if name == b"content-length" and value.isdigit() and int(value) > self.limit:
-                    response = error_response(
-                        _TooLarge(f"the request body is larger than {self.limit} bytes")
-                    )
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-
-class _TooLarge(ChatError):
-    status = 413
-    type = "invalid_request_error"
-    code = "body_too_large"

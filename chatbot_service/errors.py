@@ -1,7 +1,7 @@
 """Errors a client can be told about, each with its HTTP status and a stable code. Pure: no I/O.
 
-Bodies follow the OpenAI error shape (``{"error": {"type", "code", "message"}}``) so OpenAI SDKs
-pointed at a bot show our messages as they would show OpenAI's. Messages never carry secrets.
+Bodies follow the OpenAI error shape (``{"error": {"message", "type", "param", "code"}}``) so OpenAI
+SDKs pointed at a bot show our messages as they would show OpenAI's. Messages never carry secrets.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ class ChatError(Exception):
     status = 500
     type = "server_error"
     code = "internal_error"
+    param: str | None = None
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -22,7 +23,7 @@ class ChatError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"type": self.type, "code": self.code, "message": self.message}}
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
 class BadRequest(ChatError):
@@ -30,10 +31,29 @@ class BadRequest(ChatError):
     type = "invalid_request_error"
     code = "invalid_request"
 
-    def __init__(self, message: str, *, code: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
         if code:
             self.code = code
+        self.param = param
+
+
+class BodyTooLarge(ChatError):
+    status = 413
+    type = "invalid_request_error"
+    code = "body_too_large"
+
+
+class UnsupportedMediaType(ChatError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class CrossOriginRefused(ChatError):
+    status = 403
+    type = "invalid_request_error"
+    code = "cross_origin_refused"
 
 
 class SessionNotFound(ChatError):
@@ -82,11 +102,21 @@ class UpstreamError(ChatError):
     type = "upstream_error"
 
     def __init__(
-        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        headers: dict[str, str] | None = None,
+        type: str | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message, headers=headers)
         self.status = status
         self.code = code
+        self.param = param
+        if type:
+            self.type = type
 
 
 class SessionStoreUnavailable(ChatError):

@@ -26,6 +26,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from chatbot_service.errors import ChatError, UpstreamError
+
 # `_created` series double the exposition for nothing Prometheus needs from a bot.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -353,6 +355,15 @@ class Turn:
             operation=self.operation,
         )
         self._metrics.record_usage(self.identity, self._input or 0, self._output or 0, 0.0)
+
+    def failed(self, error: ChatError, *, upstream: bool = True) -> None:
+        """The request ended in ``error``; ``upstream``: the model's API call itself failed (an
+        ``UpstreamError`` also counts by kind)."""
+        if upstream:
+            self.upstream_failed(error.code)
+            if isinstance(error, UpstreamError):
+                self._metrics.record_upstream_error(error.code, error.status)
+        self.served(error.code)
 
     def upstream_failed(self, error_type: str) -> None:
         self._metrics.record_call(

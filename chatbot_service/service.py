@@ -7,22 +7,23 @@ the reply together only after the model answered, so a failed turn leaves the se
 
 from __future__ import annotations
 
-import json
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx2
-
+from chatbot_service.api_models import CompletionRequest
 from chatbot_service.conversation import Message, Prompt, fit
 from chatbot_service.errors import BadRequest, ChatError, MessageTooLong, SessionNotFound, UpstreamError
 from chatbot_service.holder import SettingsHolder
-from chatbot_service.metrics import Metrics, Turn
+from chatbot_service.metrics import Metrics
+from chatbot_service.relay import Relay
 from chatbot_service.sessions import Stores
 from chatbot_service.settings import Settings
+from chatbot_service.sse import delta_text
 from chatbot_service.tokens import Encoding, get_encoding
-from chatbot_service.upstream import Upstream, map_transport_error
+from chatbot_service.upstream import Upstream
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,6 @@ class ChatService:
         self.metrics = metrics or Metrics()
         self._system: tuple[Settings, Message] | None = None
 
-    def failed(self, turn: Turn, error: ChatError, *, upstream: bool = True) -> None:
-        """Count a turn that ended in ``error`` (``upstream``: the model's API call itself failed)."""
-        if upstream:
-            turn.upstream_failed(error.code)
-            if isinstance(error, UpstreamError):
-                self.metrics.record_upstream_error(error.code, error.status)
-        turn.served(error.code)
-
     # -- helpers ---------------------------------------------------------------------------
 
     def _encoding(self, settings: Settings) -> Encoding:
@@ -82,7 +75,7 @@ class ChatService:
             "model": settings.model,
             "messages": [m.as_openai() for m in prompt.messages],
             settings.model_info.reply_limit_param: min(
-                reply_limit or settings.max_reply_tokens, settings.max_reply_tokens
+                settings.max_reply_tokens if reply_limit is None else reply_limit, settings.max_reply_tokens
             ),
         }
         if settings.temperature is not None:
@@ -124,7 +117,7 @@ class ChatService:
                 body = await self.upstream.complete(settings, self._params(settings, prompt))
                 reply = _reply_text(body)
             except ChatError as exc:
-                self.failed(turn, exc)
+                turn.failed(exc)
                 raise
             turn.answered(body)
             result = await self._record(settings, sid, user, reply, body.get("usage"), prompt, history)
@@ -153,197 +146,101 @@ class ChatService:
         usage["dropped_messages"] = prompt.dropped
         return TurnResult(session_id, reply, usage, prompt.truncated)
 
-    async def turn_stream(self, session_id: str | None, text: str) -> AsyncIterator[dict[str, Any]]:
-        """A turn whose reply streams: yields ``{"delta": ...}`` events, then ``{"done": TurnResult}``.
+    async def turn_stream(
+        self, session_id: str | None, text: str
+    ) -> tuple[Relay, AsyncIterator[dict[str, Any]]]:
+        """A turn whose reply streams: the relay (which the caller must close, however the client
+        leaves) and its events: ``{"session_id"}``, ``{"delta"}``s and ``{"keepalive"}``s, then
+        ``{"done": TurnResult}`` (the turn is recorded) or ``{"error": ChatError}`` (nothing is).
 
-        Errors before the first delta raise (so HTTP can answer with a status); later ones are
-        yielded as ``{"error": ChatError}`` and nothing is recorded.
+        Errors before the upstream's first byte raise, so HTTP can answer with a status.
         """
         settings = self.holder.require()
         self.check_message(settings, text)
         sid = session_id or new_session_id()
-        lock = self.stores.get(settings).lock(sid)
-        await lock.__aenter__()
-        turn: Turn | None = None
+        resources = contextlib.AsyncExitStack()
         try:
+            await resources.enter_async_context(self.stores.get(settings).lock(sid))
             user, prompt, history = await self._prepare(settings, sid, session_id is None, text)
             self.metrics.record_fit("/chat", prompt.truncated, prompt.dropped)
             params = self._params(settings, prompt)
             params["stream_options"] = {"include_usage": True}
             turn = self.metrics.turn(settings.model)
-            stream = self.upstream.stream(settings, params)
-            response = await stream.__aenter__()
-        except BaseException as exc:
-            if turn is not None and isinstance(exc, ChatError):
-                self.failed(turn, exc)
-            await lock.__aexit__(None, None, None)
+            try:
+                response = await resources.enter_async_context(self.upstream.stream(settings, params))
+            except ChatError as exc:
+                turn.failed(exc)
+                raise
+        except BaseException:
+            await resources.aclose()
             raise
-        relay = self._relay(settings, sid, user, prompt, history, lock, stream, response, turn)
-        # Step into the relay's try block now: a generator that never started would not run its finally
-        # if the client left before the body was sent, and the session would stay locked.
-        first = await relay.__anext__()
-        return _prepended(first, relay)
+        relay = Relay(response, resources, settings.stream_keepalive, turn)
+        return relay, self._chat_events(relay, settings, sid, user, prompt, history)
 
-    async def _relay(
+    async def _chat_events(
         self,
+        relay: Relay,
         settings: Settings,
         sid: str,
         user: Message,
         prompt: Prompt,
         history: Sequence[Message],
-        lock: Any,
-        stream: Any,
-        response: Any,
-        turn: Turn,
     ) -> AsyncIterator[dict[str, Any]]:
+        yield {"session_id": sid}
         parts: list[str] = []
         usage: dict[str, Any] | None = None
-        last: dict[str, Any] | None = None
-        served = False
         try:
-            yield {"session_id": sid}
-            try:
-                async for chunk in sse_json(response):
-                    last = chunk
-                    for choice in chunk.get("choices") or ():
-                        delta = (choice.get("delta") or {}).get("content")
-                        if delta:
-                            turn.first_token()
-                            parts.append(delta)
-                            yield {"delta": delta}
-                    usage = chunk.get("usage") or usage
-            except ChatError as exc:
-                served = True
-                self.failed(turn, exc)
-                yield {"error": exc}
-                return
-            served = True
-            turn.answered(last, usage)
-            result = await self._record(settings, sid, user, "".join(parts), usage, prompt, history)
-            turn.served()
-            yield {"done": result}
-        finally:
-            if not served:  # the client left before the reply was complete
-                turn.upstream_failed("cancelled")
-                turn.served("cancelled")
-            await stream.__aexit__(None, None, None)
-            await lock.__aexit__(None, None, None)
+            async for event in relay.events():
+                if event is None:
+                    yield {"keepalive": True}
+                elif event.chunk is not None:
+                    delta = delta_text(event.chunk)
+                    if delta:
+                        parts.append(delta)
+                        yield {"delta": delta}
+                    usage = event.chunk.get("usage") or usage
+        except ChatError as exc:
+            yield {"error": exc}
+            return
+        result = await self._record(settings, sid, user, "".join(parts), usage, prompt, history)
+        yield {"done": result}
 
     # -- OpenAI-compatible, stateless (/v1/chat/completions) ---------------------------
 
-    def completion_params(self, settings: Settings, request: dict[str, Any]) -> tuple[dict[str, Any], Prompt]:
-        """Validate a client's Chat Completions request and turn it into this bot's upstream call."""
+    def completion_params(
+        self, settings: Settings, request: CompletionRequest
+    ) -> tuple[dict[str, Any], Prompt]:
+        """Turn a validated Chat Completions request into this bot's upstream call."""
         encoding = self._encoding(settings)
-        raw_messages = request.get("messages")
-        if not isinstance(raw_messages, list) or not raw_messages:
-            raise BadRequest("'messages' must be a non-empty list", code="invalid_messages")
-        for unsupported in ("tools", "functions", "tool_choice", "function_call"):
-            if request.get(unsupported) is not None:
-                raise BadRequest(
-                    f"'{unsupported}' is not supported by kubechat bots", code="unsupported_parameter"
-                )
         pinned = [self._system_message(settings)]
         rest: list[Message] = []
-        for i, raw in enumerate(raw_messages):
-            role, content = _client_message(i, raw)
+        for i, raw in enumerate(request.messages):
+            content = raw.text
             if len(content) > settings.max_message_chars:
-                raise MessageTooLong.chars(len(content), settings.max_message_chars)
-            message = Message.create(encoding, role, content)
+                error = MessageTooLong.chars(len(content), settings.max_message_chars)
+                error.param = f"messages[{i}].content"
+                raise error
+            message = Message.create(encoding, raw.role, content)
             # A client's own system/developer messages follow the bot's prompt and are never trimmed.
-            (pinned if role in ("system", "developer") else rest).append(message)
+            (pinned if raw.role in ("system", "developer") else rest).append(message)
         if not rest:
             raise BadRequest(
-                "'messages' needs at least one user or assistant message", code="invalid_messages"
+                "'messages' needs at least one user or assistant message",
+                code="invalid_value",
+                param="messages",
             )
         prompt = fit(pinned, rest[:-1], rest[-1], settings.budget)
         self.metrics.record_fit("/v1/chat/completions", prompt.truncated, prompt.dropped)
-        limit = request.get("max_completion_tokens") or request.get("max_tokens")
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise BadRequest("'max_tokens' must be a positive integer", code="invalid_parameter")
-        params = self._params(settings, prompt, limit)
-        for name in _PASSED_THROUGH:
-            if request.get(name) is not None:
-                params[name] = request[name]
+        params = self._params(settings, prompt, request.reply_limit)
+        params.update(request.passed_through())
         return params, prompt
-
-
-async def _prepended(
-    first: dict[str, Any], rest: AsyncIterator[dict[str, Any]]
-) -> AsyncIterator[dict[str, Any]]:
-    yield first
-    async for event in rest:
-        yield event
-
-
-_PASSED_THROUGH = (
-    "temperature",
-    "top_p",
-    "n",
-    "stop",
-    "seed",
-    "presence_penalty",
-    "frequency_penalty",
-    "user",
-    "response_format",
-    "logprobs",
-    "top_logprobs",
-    "logit_bias",
-    "stream_options",
-)
-
-
-def _client_message(index: int, raw: object) -> tuple[str, str]:
-    if not isinstance(raw, dict):
-        raise BadRequest(
-            f"messages[{index}] must be an object with 'role' and 'content'", code="invalid_messages"
-        )
-    role = raw.get("role")
-    if role not in ("system", "developer", "user", "assistant"):
-        raise BadRequest(
-            f"messages[{index}].role must be system, developer, user or assistant (got {str(role)[:40]!r})",
-            code="invalid_messages",
-        )
-    content = raw.get("content")
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if (
-                not isinstance(part, dict)
-                or part.get("type") != "text"
-                or not isinstance(part.get("text"), str)
-            ):
-                raise BadRequest(
-                    f"messages[{index}].content: only text parts are supported", code="invalid_messages"
-                )
-            texts.append(part["text"])
-        content = "".join(texts)
-    if not isinstance(content, str):
-        raise BadRequest(f"messages[{index}].content must be a string", code="invalid_messages")
-    return str(role), content
 
 
 def _reply_text(body: dict[str, Any]) -> str:
     try:
         content = body["choices"][0]["message"].get("content")
     except (KeyError, IndexError, TypeError, AttributeError):
-        raise UpstreamError(502, "upstream_bad_response", "the model API answered without a reply") from None
+        content = 0
+    if content is not None and not isinstance(content, str):
+        raise UpstreamError(502, "upstream_bad_response", "the model API answered without a reply")
     return content or ""
-
-
-async def sse_json(response: Any) -> AsyncIterator[dict[str, Any]]:
-    """The JSON objects of an OpenAI Server-Sent Events body, up to ``[DONE]``; transport
-    failures become ``ChatError``s."""
-    try:
-        async for line in response.aiter_lines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                return
-            event = json.loads(data)
-            if isinstance(event, dict) and "error" in event:
-                message = str((event["error"] or {}).get("message", "error"))[:300]
-                raise UpstreamError(502, "upstream_error", f"the model API failed mid-reply: {message}")
-            yield event
-    except httpx2.HTTPError as exc:
-        raise map_transport_error(exc) from None

@@ -64,6 +64,7 @@ class Settings:
     max_reply_tokens: int = 1024
     token_encoding: str | None = None
     request_timeout: float = 60.0
+    stream_keepalive: float = 15.0
     max_retries: int = 2
     max_message_chars: int = 32_000
     session_max_count: int = 10_000
@@ -173,6 +174,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_reply_tokens": _integer(1),
     "token_encoding": _encoding,
     "request_timeout": _number(0.1, 3600),
+    "stream_keepalive": _number(0.05, 300),
     "max_retries": _integer(0),
     "max_message_chars": _integer(1),
     "session_max_count": _integer(1),

@@ -1,15 +1,19 @@
 """The model's API, through the official ``openai`` async client. Edge: network I/O.
 
-Responses are read raw (``with_raw_response`` / ``with_streaming_response``): the client still does
-auth, base URL, timeouts, retries with backoff and error classes, but we skip building pydantic
-objects we would only serialise again. Every failure leaves here as an ``UpstreamError`` whose HTTP
-status tells the client what happened; no message carries the key.
+Responses are read raw (``cast_to=httpx2.Response``): the client still does auth, base URL, timeouts
+and error classes, but we skip building pydantic objects we would only serialise again; retries are
+ours, under one deadline per call (``with_deadline``). Every failure leaves here as an
+``UpstreamError`` whose HTTP status tells the client what happened; no message carries the key.
 """
 
 from __future__ import annotations
 
+import asyncio
+import email.utils
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar, cast
 
@@ -25,13 +29,18 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
 
 class Upstream:
-    """One client for the current (key, base URL, timeout, retries); a change makes a new one.
+    """One client for the current (key, base URL); a change makes a new one.
+
+    The SDK's own retries are off: it would sleep whatever ``Retry-After`` says on every retry, each
+    attempt with a full timeout (3 x 60 s for a hung upstream). Here one deadline, ``request_timeout``,
+    covers a whole call with all its retries; no sleep is longer than the time left, and a 429 asking
+    for more than that is returned at once with its ``Retry-After``.
 
     The replaced client is not closed here: calls still in flight on it finish, then it is collected.
     """
 
     def __init__(self) -> None:
-        self._key: tuple[str, str, float, int] | None = None
+        self._key: tuple[str, str, float] | None = None
         self._client: openai.AsyncOpenAI | None = None
 
     def client(self, settings: Settings) -> openai.AsyncOpenAI:
@@ -40,12 +49,9 @@ class Upstream:
             settings.openai_api_key.reveal(),
             settings.openai_base_url or DEFAULT_BASE_URL,
             settings.request_timeout,
-            settings.max_retries,
         )
         if self._client is None or key != self._key:
-            self._client = openai.AsyncOpenAI(
-                api_key=key[0], base_url=key[1], timeout=key[2], max_retries=key[3]
-            )
+            self._client = openai.AsyncOpenAI(api_key=key[0], base_url=key[1], timeout=key[2], max_retries=0)
             self._key = key
         return self._client
 
@@ -54,36 +60,36 @@ class Upstream:
             await self._client.close()
             self._client = None
 
-    async def _post(self, settings: Settings, params: dict[str, Any]) -> httpx2.Response:
-        """POST the request as we built it: ``client.post`` keeps the client's auth, base URL, timeouts,
-        retries and error classes, and skips the SDK's per-message type transform of ``create()``,
-        which cost 0.18 ms a message (43 ms for a 240-message request) for nothing we need."""
-        client = self.client(settings)
-        response: httpx2.Response = await client.post(
-            "/chat/completions", cast_to=httpx2.Response, body=params
-        )
-        return response
-
     async def complete(self, settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
         """One non-streamed completion, returned as the upstream's JSON object."""
-        body: dict[str, Any] = json.loads(await self.complete_raw(settings, params))
-        return body
+        return completion_body(await self.complete_raw(settings, params))
 
     async def complete_raw(self, settings: Settings, params: dict[str, Any]) -> bytes:
-        """One non-streamed completion, the upstream's body bytes as they came (for pass-through)."""
+        """One non-streamed completion, the upstream's body bytes as they came (for pass-through),
+        once they are known to be a completion: a 200 carrying an HTML page is a bad gateway.
 
-        async def call() -> bytes:
-            return (await self._post(settings, params)).content
+        ``client.post`` keeps the client's auth, base URL and error classes, and skips the SDK's
+        per-message type transform of ``create()``, which cost 0.18 ms a message for nothing we need."""
+        client = self.client(settings)
 
-        return await _mapped(call, settings)
+        async def attempt(left: float) -> bytes:
+            response: httpx2.Response = await client.post(
+                "/chat/completions", cast_to=httpx2.Response, body=params, options={"timeout": left}
+            )
+            return response.content
+
+        content = await with_deadline(attempt, settings)
+        completion_body(content)
+        return content
 
     @asynccontextmanager
     async def stream(self, settings: Settings, params: dict[str, Any]) -> AsyncIterator[httpx2.Response]:
-        """Open a streamed completion: errors before the first byte raise here, mapped; the body
-        is then read from the yielded response (transport errors while reading are the caller's)."""
+        """Open a streamed completion: the deadline covers getting the response's headers (retries
+        included); then each silence between chunks may last up to ``request_timeout``. Errors before
+        the first byte raise here, mapped; transport errors while reading are the caller's."""
         client = self.client(settings)
 
-        async def call() -> httpx2.Response:
+        async def attempt(_: float) -> httpx2.Response:
             # With cast_to=httpx2.Response the SDK hands the response back unread: the caller reads it.
             events = await client.post(
                 "/chat/completions",
@@ -94,28 +100,96 @@ class Upstream:
             )
             return cast(httpx2.Response, events)  # typed as a stream; at run time the raw response
 
-        response = await _mapped(call, settings)
+        response = await with_deadline(attempt, settings)
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            await response.aclose()
+            raise UpstreamError(
+                502, "upstream_bad_response", "the model API answered a stream request without a stream"
+            )
         try:
             yield response
         finally:
             await response.aclose()
 
 
-async def _mapped(call: Callable[[], Coroutine[Any, Any, T]], settings: Settings) -> T:
+_RETRIED_STATUSES = frozenset({408, 409, 429})
+
+
+async def with_deadline(attempt: Callable[[float], Coroutine[Any, Any, T]], settings: Settings) -> T:
+    """Call ``attempt(seconds_left)`` until it succeeds, fails for good, runs out of retries, or the
+    turn's one deadline would pass while waiting; every failure leaves as an ``UpstreamError``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settings.request_timeout
+    tried = 0
+    while True:
+        left = deadline - loop.time()
+        wait: float | None = None
+        try:
+            async with asyncio.timeout(left):  # also bounds a body that trickles in
+                return await attempt(left)
+        except (TimeoutError, openai.APITimeoutError):
+            raise _timed_out(settings) from None
+        except openai.APIStatusError as exc:
+            error = map_error(exc, settings)
+            if exc.status_code not in _RETRIED_STATUSES and exc.status_code < 500:
+                raise error from None
+            wait = retry_after(exc.response.headers)
+        except openai.APIError as exc:  # connection errors, unreadable responses
+            error = map_error(exc, settings)
+        except httpx2.HTTPError as exc:
+            error = map_transport_error(exc)
+        delay = backoff(tried) if wait is None else wait
+        if tried >= settings.max_retries or delay >= deadline - loop.time():
+            raise error  # a Retry-After beyond the deadline: the client is told at once, with it
+        await asyncio.sleep(delay)
+        tried += 1
+
+
+def backoff(tried: int) -> float:
+    """The SDK's schedule: 0.5 s doubling up to 8 s, less up to a quarter of jitter."""
+    return min(0.5 * 2.0**tried, 8.0) * (1 - 0.25 * random.random())
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds a response asks us to wait (``retry-after-ms``, ``retry-after`` seconds or HTTP date)."""
     try:
-        return await call()
-    except openai.APIError as exc:
-        raise map_error(exc, settings) from None
-    except httpx2.HTTPError as exc:
-        raise map_transport_error(exc) from None
+        if "retry-after-ms" in headers:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            when = email.utils.parsedate_to_datetime(value)
+            return max(0.0, when.timestamp() - time.time())
+    except (ValueError, TypeError, OverflowError):
+        return None
+
+
+def _timed_out(settings: Settings) -> UpstreamError:
+    return UpstreamError(
+        504, "upstream_timeout", f"the model API did not answer within {settings.request_timeout:g} s"
+    )
+
+
+def completion_body(content: bytes) -> dict[str, Any]:
+    """The upstream's answer as a JSON object with ``choices``, or a 502 saying it was not one."""
+    try:
+        body = json.loads(content)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        raise UpstreamError(
+            502, "upstream_bad_response", "the model API answered with something that is not a completion"
+        )
+    return body
 
 
 def map_error(exc: openai.APIError, settings: Settings) -> UpstreamError:
     """Turn what the openai client raised into the status our client should see."""
     if isinstance(exc, openai.APITimeoutError):
-        return UpstreamError(
-            504, "upstream_timeout", f"the model API did not answer within {settings.request_timeout:g} s"
-        )
+        return _timed_out(settings)
     if isinstance(exc, openai.APIConnectionError):
         return UpstreamError(
             503, "upstream_unreachable", "the model API could not be reached; try again later"
@@ -133,6 +207,19 @@ def map_error(exc: openai.APIError, settings: Settings) -> UpstreamError:
             "upstream_rate_limited",
             "the model API is rate limiting this bot; retry later",
             headers={"Retry-After": retry_after},
+        )
+    if isinstance(exc, openai.APIStatusError) and 400 <= exc.status_code < 500:
+        # The request itself was refused (a parameter this model does not take, content policy ...):
+        # the client's to fix, so a 4xx it will not retry, with the upstream's own code and param.
+        error = exc.body if isinstance(exc.body, dict) else {}
+        code, param = error.get("code"), error.get("param")
+        message = _redact(str(error.get("message") or exc.message), settings)
+        return UpstreamError(
+            exc.status_code,
+            code if isinstance(code, str) and code else "upstream_rejected",
+            f"the model API refused the request: {message}",
+            type="invalid_request_error",
+            param=param if isinstance(param, str) else None,
         )
     if isinstance(exc, openai.APIStatusError):
         detail = _redact(exc.message, settings)

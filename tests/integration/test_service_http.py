@@ -96,23 +96,29 @@ def test_a_message_too_long_for_the_window_is_refused_and_not_sent(
 
 
 @pytest.mark.parametrize(
-    ("body", "status", "code"),
+    ("body", "status", "code", "param"),
     [
-        ({"message": ""}, 400, "empty_message"),
-        ({"message": "   "}, 400, "empty_message"),
-        ({"message": 42}, 422, "invalid_body"),
-        ({"message": "hi", "session_id": 7}, 422, "invalid_body"),
-        ({"message": "hi", "session_id": "../etc"}, 422, "invalid_body"),
-        ({"message": "hi", "colour": "red"}, 422, "invalid_body"),
-        ({}, 422, "invalid_body"),
-        ({"message": "hi", "session_id": "nope"}, 404, "session_not_found"),
-        ({"message": "x" * 40_000}, 413, "message_too_long"),
+        ({"message": ""}, 400, "empty_message", None),
+        ({"message": "   "}, 400, "empty_message", None),
+        ({"message": 42}, 400, "invalid_type", "message"),
+        ({"message": "hi", "session_id": 7}, 400, "invalid_type", "session_id"),
+        ({"message": "hi", "session_id": "../etc"}, 400, "invalid_value", "session_id"),
+        ({"message": "hi", "colour": "red"}, 400, "unknown_parameter", "colour"),
+        ({"message": "hi", "stream": "yes"}, 400, "invalid_type", "stream"),
+        ({}, 400, "missing_required_parameter", "message"),
+        ([], 400, "invalid_type", None),
+        ({"message": "hi", "session_id": "nope"}, 404, "session_not_found", None),
+        ({"message": "x" * 40_000}, 413, "message_too_long", None),
     ],
 )
-def test_bad_input_gets_a_specific_4xx(bot: ThreadedServer, body: Any, status: int, code: str) -> None:
+def test_bad_input_gets_a_specific_4xx(
+    bot: ThreadedServer, body: Any, status: int, code: str, param: str | None
+) -> None:
     response = post(bot, "/chat", body)
     assert response.status_code == status, response.text
-    assert response.json()["error"]["code"] == code
+    error = response.json()["error"]
+    assert error["code"] == code and error["param"] == param, error
+    assert set(error) == {"message", "type", "param", "code"}
 
 
 def test_malformed_json_and_oversized_bodies(bot: ThreadedServer) -> None:
@@ -275,7 +281,7 @@ def test_openai_compatible_errors_reach_the_sdk_as_errors(bot: ThreadedServer, u
     with pytest.raises(openai.RateLimitError) as info:
         client_for(bot).chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}])
     assert "rate limiting" in info.value.message
-    with pytest.raises(openai.BadRequestError, match="role must be"):
+    with pytest.raises(openai.BadRequestError, match="Supported values are: 'system'"):
         client_for(bot).chat.completions.create(model="x", messages=[{"role": "wizard", "content": "hi"}])  # type: ignore[misc,list-item]
     with pytest.raises(openai.BadRequestError, match="not supported"):
         client_for(bot).chat.completions.create(

@@ -55,6 +55,14 @@ class Fault:
     delay: float = 0.0
     break_stream_after: int | None = None
     chunk_delay: float = 0.0
+    #: Answer with these bytes (and ``content_type``) instead, with ``status`` or 200.
+    body: bytes | None = None
+    content_type: str = "application/json"
+    #: The error body's ``param`` and ``code`` for a scripted ``status``.
+    param: str | None = None
+    code: str = "scripted"
+    #: Stream these raw SSE bytes instead of the reply (a stream that ends badly).
+    stream_body: bytes | None = None
 
 
 @dataclass
@@ -71,6 +79,8 @@ class FakeOpenAI:
         self.faults: deque[Fault] = deque()
         self.requests: list[Seen] = []
         self.url = ""  # set by whoever serves it: the base URL clients use, ending in /v1
+        self.streams_open = 0  # streams being sent now
+        self.streams_cut = 0  # streams whose reader left before the reply was sent
         self._lock = threading.Lock()
         self.app = Starlette(routes=[Route("/v1/chat/completions", self.completions, methods=["POST"])])
 
@@ -81,8 +91,15 @@ class FakeOpenAI:
     def last(self) -> Seen:
         return self.requests[-1]
 
-    def _error(self, status: int, message: str, code: str, headers: dict[str, str] | None = None) -> Response:
-        body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    def _error(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ) -> Response:
+        body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
         return JSONResponse(body, status_code=status, headers=headers)
 
     def answer_for(self, messages: list[dict[str, Any]]) -> str:
@@ -99,8 +116,19 @@ class FakeOpenAI:
             fault = self.faults.popleft() if self.faults else None
         if fault and fault.delay:
             await asyncio.sleep(fault.delay)
+        if fault and fault.body is not None:
+            return Response(fault.body, status_code=fault.status or 200, media_type=fault.content_type)
         if fault and fault.status:
-            return self._error(fault.status, f"scripted failure {fault.status}", "scripted", fault.headers)
+            return self._error(
+                fault.status, f"scripted failure {fault.status}", fault.code, fault.headers, fault.param
+            )
+        if fault and fault.stream_body is not None:
+            raw = fault.stream_body
+
+            async def scripted() -> Any:
+                yield raw
+
+            return StreamingResponse(scripted(), media_type="text/event-stream")
         key = request.headers.get("authorization", "").removeprefix("Bearer ")
         if self.api_keys is not None and key not in self.api_keys:
             return self._error(401, f"Incorrect API key provided: {key[:3]}***{key[-2:]}.", "invalid_api_key")
@@ -148,13 +176,21 @@ class FakeOpenAI:
                 }
                 return f"data: {json.dumps(event)}\n\n".encode()
 
-            yield chunk({"role": "assistant", "content": ""})
-            for i, piece in enumerate(pieces):
-                if break_after is not None and i >= break_after:
-                    raise ConnectionResetError("scripted break mid-stream")
-                if chunk_delay:
-                    await asyncio.sleep(chunk_delay)
-                yield chunk({"content": piece})
+            self.streams_open += 1
+            finished = False
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                for i, piece in enumerate(pieces):
+                    if break_after is not None and i >= break_after:
+                        raise ConnectionResetError("scripted break mid-stream")
+                    if chunk_delay:
+                        await asyncio.sleep(chunk_delay)
+                    yield chunk({"content": piece})
+                finished = True
+            finally:
+                self.streams_open -= 1
+                if not finished:
+                    self.streams_cut += 1
             yield chunk({}, "stop")
             if include_usage:
                 final = {

@@ -1,0 +1,141 @@
+"""Relaying an upstream event stream to one client: the one relay both streaming routes use. Edge.
+
+The relay owns everything the stream holds (the upstream response, and for ``/chat`` the session lock)
+in one exit stack, and ``RelayResponse`` closes it whatever point the client leaves at: before the
+first byte, mid-reply, or after the end. A reader task pulls the upstream, so while the model is silent
+the client gets SSE keep-alive comments (proxies cut idle connections; reasoning models think for a
+minute), and a client that left is noticed at the next write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+import httpx2
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from chatbot_service.errors import ChatError
+from chatbot_service.metrics import Turn
+from chatbot_service.sse import CompletionStream, StreamEvent, delta_text
+from chatbot_service.upstream import map_transport_error
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+_END = object()
+
+
+class Relay:
+    """``events()`` yields each complete upstream event, or None when it is time for a keep-alive;
+    it raises ``ChatError`` when the stream ends badly. ``aclose()`` releases everything, once."""
+
+    def __init__(
+        self,
+        response: httpx2.Response,
+        resources: contextlib.AsyncExitStack,
+        keepalive: float,
+        turn: Turn | None = None,
+    ) -> None:
+        self._response = response
+        self._resources = resources
+        self._keepalive = keepalive
+        self._turn = turn  # timed and counted here, whichever route relays
+        self._ended = False
+        self._last: dict[str, Any] | None = None  # the newest chunk: it names the model that answered
+        self._usage: dict[str, Any] | None = None
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
+        self._reader: asyncio.Task[None] | None = None
+
+    async def _read(self) -> None:
+        check = CompletionStream()
+        try:
+            async for line in self._response.aiter_lines():
+                event = check.feed(line)
+                if event is None:
+                    continue
+                if check.done:
+                    check.check_complete()  # before [DONE] goes out: a client must not see it, then an error
+                await self._queue.put(event)
+                if check.done:
+                    break
+            check.check_complete()
+            item: Any = _END
+        except ChatError as exc:
+            item = exc
+        except httpx2.HTTPError as exc:
+            item = map_transport_error(exc)
+        await self._queue.put(item)
+
+    async def events(self) -> AsyncIterator[StreamEvent | None]:
+        if self._reader is None:
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+        while True:
+            if self._queue.empty():
+                try:
+                    async with asyncio.timeout(self._keepalive):
+                        item = await self._queue.get()
+                except TimeoutError:
+                    yield None
+                    continue
+            else:
+                item = self._queue.get_nowait()
+            if item is _END:
+                self._end(None)
+                return
+            if isinstance(item, ChatError):
+                self._end(item)
+                raise item
+            if self._turn is not None and item.chunk is not None:
+                self._observe(self._turn, item.chunk)
+            yield item
+
+    def _observe(self, turn: Turn, chunk: dict[str, Any]) -> None:
+        if delta_text(chunk):
+            turn.first_token()
+        self._last = chunk
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self._usage = usage
+
+    def _end(self, error: ChatError | None) -> None:
+        self._ended = True
+        if self._turn is None:
+            return
+        if error is not None:
+            self._turn.failed(error)
+            return
+        self._turn.answered(self._last, self._usage)
+        self._turn.served()
+
+    async def aclose(self) -> None:
+        if not self._ended:  # the client left before the end
+            self._ended = True
+            if self._turn is not None:
+                self._turn.upstream_failed("cancelled")
+                self._turn.served("cancelled")
+        reader, self._reader = self._reader, None
+        if reader is not None and not reader.done():
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+        await self._resources.aclose()
+
+
+class RelayResponse(StreamingResponse):
+    """A streamed response that closes its relay however the response ends."""
+
+    def __init__(self, relay: Relay, content: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers={**SSE_HEADERS, **headers})
+        self.relay = relay
+        self._content = content
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with contextlib.suppress(Exception):
+                await self._content.aclose()
+            await self.relay.aclose()
