@@ -33,12 +33,14 @@ from chatbot_service.holder import SettingsHolder
 from chatbot_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from chatbot_service.metrics import Metrics
 from chatbot_service.middleware import BodyLimit, HttpMetrics
+from chatbot_service.observe import Observer
 from chatbot_service.relay import Relay, RelayResponse
 from chatbot_service.service import ChatService, TurnResult
 from chatbot_service.sessions import SessionStore, Stores
 from chatbot_service.sources import read_local
 from chatbot_service.sse import KEEPALIVE
 from chatbot_service.tokens import get_encoding
+from chatbot_service.tracing import tracer_from_environ
 from chatbot_service.upstream import Upstream
 from chatbot_service.validation import parse_json, validation_error
 
@@ -80,6 +82,8 @@ def create_app(
     env = dict(os.environ if environ is None else environ)
     source = None if load else _app_configuration(env)
     metrics = Metrics()
+    tracing = tracer_from_environ(env)
+    observer = Observer(metrics, tracing[0] if tracing else None)
     holder = SettingsHolder(
         load or _local_loader(env, source),
         on_reload=lambda ok: metrics.settings_reloads.labels("ok" if ok else "failed").inc(),
@@ -87,7 +91,7 @@ def create_app(
     holder.reload()
     stores = Stores(metrics)
     upstream = Upstream()
-    service = ChatService(holder, stores, upstream, metrics)
+    service = ChatService(holder, stores, upstream, observer)
     reload_interval = float(env.get("KUBECHAT_RELOAD_INTERVAL", "5"))
 
     @contextlib.asynccontextmanager
@@ -105,6 +109,8 @@ def create_app(
                 source.close()
             await upstream.aclose()
             await stores.aclose()
+            if tracing:
+                await asyncio.to_thread(tracing[1])  # flush the spans still queued
 
     def _store() -> SessionStore:
         return stores.get(holder.loaded())
@@ -221,7 +227,7 @@ def create_app(
         }
         if request.stream_options is not None:
             params["stream_options"] = request.stream_options.model_dump(exclude_none=True)
-        turn = metrics.turn(settings.model)
+        turn = service.start_turn(settings, None, prompt)
         resources = contextlib.AsyncExitStack()
         try:
             if not request.stream:

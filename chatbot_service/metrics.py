@@ -19,14 +19,10 @@ owns its registry, so two apps in one process (tests, benchmarks) never share co
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-
-from chatbot_service.errors import ChatError, UpstreamError
 
 # `_created` series double the exposition for nothing Prometheus needs from a bot.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -298,92 +294,5 @@ class Metrics:
         """Report the store's session count whenever Prometheus scrapes."""
         self.active_sessions.set_function(lambda: float(count()))
 
-    def turn(self, request_model: str, operation: str = "chat") -> Turn:
-        """Start timing one GenAI request this bot serves."""
-        return Turn(self, request_model, operation)
-
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
-
-
-class Turn:
-    """One GenAI request being served: its upstream call (``gen_ai.client.*``) and what the caller
-    waited for (``gen_ai.server.*``), timed from one start."""
-
-    __slots__ = (
-        "_first",
-        "_input",
-        "_metrics",
-        "_output",
-        "_response_model",
-        "_start",
-        "identity",
-        "model",
-        "operation",
-    )
-
-    def __init__(self, metrics: Metrics, request_model: str, operation: str) -> None:
-        self._metrics = metrics
-        self.model = request_model
-        self.operation = operation
-        self.identity = ANONYMOUS
-        self._start = time.perf_counter()
-        self._first: float | None = None
-        self._response_model: str | None = None
-        self._input: int | None = None
-        self._output: int | None = None
-
-    def first_token(self) -> None:
-        if self._first is None:
-            self._first = time.perf_counter() - self._start
-
-    def answered(self, body: Mapping[str, Any] | None, usage: Mapping[str, Any] | None = None) -> None:
-        """The upstream call ended well; ``body`` is its reply (or last chunk) for the model's name."""
-        model = (body or {}).get("model")
-        self._response_model = model if isinstance(model, str) else None
-        usage = usage if usage is not None else (body or {}).get("usage")
-        if isinstance(usage, Mapping):
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-            self._input = prompt if isinstance(prompt, int) else None
-            self._output = completion if isinstance(completion, int) else None
-        self._metrics.record_call(
-            request_model=self.model,
-            response_model=self._response_model,
-            seconds=time.perf_counter() - self._start,
-            input_tokens=self._input,
-            output_tokens=self._output,
-            operation=self.operation,
-        )
-        self._metrics.record_usage(self.identity, self._input or 0, self._output or 0, 0.0)
-
-    def failed(self, error: ChatError, *, upstream: bool = True) -> None:
-        """The request ended in ``error``; ``upstream``: the model's API call itself failed (an
-        ``UpstreamError`` also counts by kind)."""
-        if upstream:
-            self.upstream_failed(error.code)
-            if isinstance(error, UpstreamError):
-                self._metrics.record_upstream_error(error.code, error.status)
-        self.served(error.code)
-
-    def upstream_failed(self, error_type: str) -> None:
-        self._metrics.record_call(
-            request_model=self.model,
-            response_model=None,
-            seconds=time.perf_counter() - self._start,
-            input_tokens=None,
-            output_tokens=None,
-            error_type=error_type,
-            operation=self.operation,
-        )
-
-    def served(self, error_type: str = "") -> None:
-        """The caller got its last byte (or an error)."""
-        self._metrics.record_served(
-            request_model=self.model,
-            response_model=self._response_model,
-            seconds=time.perf_counter() - self._start,
-            first_token_seconds=self._first,
-            output_tokens=self._output,
-            error_type=error_type,
-            operation=self.operation,
-        )

@@ -19,7 +19,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from chatbot_service.errors import ChatError
-from chatbot_service.metrics import Turn
+from chatbot_service.observe import Turn
 from chatbot_service.sse import CompletionStream, StreamEvent, delta_text
 from chatbot_service.upstream import map_transport_error
 

@@ -18,6 +18,7 @@ from chatbot_service.conversation import Message, Prompt, fit
 from chatbot_service.errors import BadRequest, ChatError, MessageTooLong, SessionNotFound, UpstreamError
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.metrics import Metrics
+from chatbot_service.observe import Observer, Turn
 from chatbot_service.relay import Relay
 from chatbot_service.sessions import Stores
 from chatbot_service.settings import Settings
@@ -48,12 +49,13 @@ def new_session_id() -> str:
 
 class ChatService:
     def __init__(
-        self, holder: SettingsHolder, stores: Stores, upstream: Upstream, metrics: Metrics | None = None
+        self, holder: SettingsHolder, stores: Stores, upstream: Upstream, observer: Observer | None = None
     ) -> None:
         self.holder = holder
         self.stores = stores
         self.upstream = upstream
-        self.metrics = metrics or Metrics()
+        self.observer = observer or Observer(Metrics())
+        self.metrics = self.observer.metrics
         self._system: tuple[Settings, Message] | None = None
 
     # -- helpers ---------------------------------------------------------------------------
@@ -88,6 +90,14 @@ class ChatService:
         if len(text) > settings.max_message_chars:
             raise MessageTooLong.chars(len(text), settings.max_message_chars)
 
+    def start_turn(self, settings: Settings, session_id: str | None, prompt: Prompt) -> Turn:
+        """Count how the prompt was fitted and start observing the request (None: a stateless one)."""
+        route = "/chat" if session_id else "/v1/chat/completions"
+        self.metrics.record_fit(route, prompt.truncated, prompt.dropped)
+        return self.observer.turn(
+            settings.model, conversation_id=session_id, trimmed=prompt.truncated, dropped=prompt.dropped
+        )
+
     # -- server-side conversations (/chat) ----------------------------------------------
 
     async def _prepare(
@@ -111,8 +121,7 @@ class ChatService:
         sid = session_id or new_session_id()
         async with self.stores.get(settings).lock(sid):
             user, prompt, history = await self._prepare(settings, sid, session_id is None, text)
-            self.metrics.record_fit("/chat", prompt.truncated, prompt.dropped)
-            turn = self.metrics.turn(settings.model)
+            turn = self.start_turn(settings, sid, prompt)
             try:
                 body = await self.upstream.complete(settings, self._params(settings, prompt))
                 reply = _reply_text(body)
@@ -162,10 +171,9 @@ class ChatService:
         try:
             await resources.enter_async_context(self.stores.get(settings).lock(sid))
             user, prompt, history = await self._prepare(settings, sid, session_id is None, text)
-            self.metrics.record_fit("/chat", prompt.truncated, prompt.dropped)
             params = self._params(settings, prompt)
             params["stream_options"] = {"include_usage": True}
-            turn = self.metrics.turn(settings.model)
+            turn = self.start_turn(settings, sid, prompt)
             try:
                 response = await resources.enter_async_context(self.upstream.stream(settings, params))
             except ChatError as exc:
@@ -230,7 +238,6 @@ class ChatService:
                 param="messages",
             )
         prompt = fit(pinned, rest[:-1], rest[-1], settings.budget)
-        self.metrics.record_fit("/v1/chat/completions", prompt.truncated, prompt.dropped)
         params = self._params(settings, prompt, request.reply_limit)
         params.update(request.passed_through())
         return params, prompt
