@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
@@ -30,9 +31,10 @@ from chatbot_service.api_models import (
 )
 from chatbot_service.errors import BadRequest, ChatError, SessionNotFound, UnsupportedMediaType
 from chatbot_service.holder import SettingsHolder
+from chatbot_service.memory import memory_limit, release_freed, store_budget
 from chatbot_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from chatbot_service.metrics import Metrics
-from chatbot_service.middleware import BodyLimit, HttpMetrics
+from chatbot_service.middleware import BodyLimit, HttpMetrics, SameOrigin
 from chatbot_service.observe import Observer
 from chatbot_service.relay import Relay, RelayResponse
 from chatbot_service.service import ChatService, TurnResult
@@ -89,7 +91,7 @@ def create_app(
         on_reload=lambda ok: metrics.settings_reloads.labels("ok" if ok else "failed").inc(),
     )
     holder.reload()
-    stores = Stores(metrics)
+    stores = Stores(store_budget(memory_limit(env)), metrics)
     upstream = Upstream()
     service = ChatService(holder, stores, upstream, observer)
     reload_interval = float(env.get("KUBECHAT_RELOAD_INTERVAL", "5"))
@@ -99,7 +101,8 @@ def create_app(
         if source is not None:
             source.start(on_loaded=holder.reload)
         if holder.current is not None:  # load the tokenizer now, not on the first user's request (~0.3 s)
-            await asyncio.to_thread(get_encoding, holder.current.model_info.encoding)
+            get_encoding(holder.current.model_info.encoding)
+        release_freed()
         reloader = asyncio.create_task(holder.run(reload_interval))
         try:
             yield
@@ -115,6 +118,13 @@ def create_app(
     def _store() -> SessionStore:
         return stores.get(holder.loaded())
 
+    # Swagger UI and ReDoc load their scripts and fonts from public CDNs: a third party's script on
+    # the bot's origin, and broken where clusters are air-gapped. Off unless asked for; /openapi.json
+    # is always served.
+    docs = env.get("KUBECHAT_API_DOCS", "").strip().lower() in ("1", "true", "yes", "on")
+    origins = frozenset(
+        o.strip().rstrip("/") for o in env.get("KUBECHAT_CORS_ORIGINS", "").split(",") if o.strip()
+    )
     app = FastAPI(
         title="kubechat bot",
         version=__version__,
@@ -122,13 +132,26 @@ def create_app(
         description=(
             "One chat bot: conversations kept server-side at /chat; OpenAI-compatible /v1/chat/completions."
         ),
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        redirect_slashes=False,  # a slash redirect would be built from the Host header
     )
     app.router.route_class = JSONRoute
     app.state.service = service
     app.state.holder = holder
     app.state.metrics = metrics
+    # Outermost last: SameOrigin refuses foreign origins (preflights too, in JSON), CORS answers for
+    # the allowed ones, and only then is a body read.
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
-    app.add_middleware(HttpMetrics, metrics=metrics)  # outermost: refusals by the body limit count too
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=sorted(origins),
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["Content-Type", "Authorization"],
+        expose_headers=["X-Kubechat-Prompt-Tokens", "X-Kubechat-Truncated", "Retry-After"],
+    )
+    app.add_middleware(SameOrigin, allowed=origins)
+    app.add_middleware(HttpMetrics, metrics=metrics)  # outermost: every refusal counts too
 
     @app.exception_handler(ChatError)
     async def on_chat_error(_: Request, exc: ChatError) -> JSONResponse:

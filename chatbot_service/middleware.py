@@ -1,7 +1,8 @@
 """ASGI middleware that guards every route before the framework sees the request. Edge.
 
 The body limit counts bytes as they arrive, so a chunked body (no ``Content-Length``) is held to the
-same limit as a declared one; the route then reads the body from memory.
+same limit as a declared one; the route then reads the body from memory. ``SameOrigin`` keeps other
+sites' pages from using a bot through a visitor's browser.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chatbot_service.errors import BodyTooLarge
+from chatbot_service.errors import BodyTooLarge, ChatError, CrossOriginRefused
 
 if TYPE_CHECKING:
     from chatbot_service.metrics import Metrics
@@ -61,8 +62,46 @@ class BodyLimit:
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         error = BodyTooLarge(f"the request body is larger than {self.limit} bytes")
-        response = JSONResponse(error.body(), status_code=error.status, headers={"Connection": "close"})
-        await response(scope, receive, send)
+        await _answer(error, scope, receive, send, {"Connection": "close"})
+
+
+class SameOrigin:
+    """Refuse browser requests from other origins unless ``allowed`` names them.
+
+    CORS alone does not stop a cross-site page: a "simple" request (a form, ``text/plain``) is sent and
+    acted on, only its answer is hidden. So a request whose ``Origin`` is neither this bot's own (its
+    ``Host``) nor allowed, or that a browser marks ``Sec-Fetch-Site: cross-site`` without being a
+    navigation (a link to the chat page stays fine), is answered 403 before any route runs.
+    """
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            origin = headers.get(b"origin", b"").decode("latin-1")
+            host = headers.get(b"host", b"").decode("latin-1")
+            site = headers.get(b"sec-fetch-site", b"")
+            mode = headers.get(b"sec-fetch-mode", b"")
+            foreign = bool(origin) and origin != "null" and origin.partition("://")[2] != host
+            if origin == "null" or (site == b"cross-site" and mode != b"navigate" and not origin):
+                foreign = True
+            if foreign and origin not in self.allowed:
+                error = CrossOriginRefused(
+                    "cross-origin requests are refused; allow an origin with KUBECHAT_CORS_ORIGINS"
+                )
+                await _answer(error, scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def _answer(
+    error: ChatError, scope: Scope, receive: Receive, send: Send, headers: dict[str, str] | None = None
+) -> None:
+    response = JSONResponse(error.body(), status_code=error.status, headers=headers)
+    await response(scope, receive, send)
 
 
 class HttpMetrics:

@@ -8,6 +8,7 @@ and appends both messages while holding it, so no turn is half-recorded or inter
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -50,11 +51,26 @@ class SessionStore(Protocol):
 class _Session:
     messages: list[Message] = field(default_factory=list)
     last_used: float = 0.0
+    size: int = 0  # bytes, as ``stored_size`` counts them
+
+
+#: What a stored message costs besides its text: the Message object and its slot in the list (role
+#: and encoding names are shared strings).
+MESSAGE_OVERHEAD = sys.getsizeof(Message("user", "", 0, "o200k_base")) + 8
+#: What a session costs besides its messages: its record, list, key and slot in the LRU map.
+SESSION_OVERHEAD = 512
+
+
+def stored_size(message: Message) -> int:
+    """Bytes a stored message holds, as Python stores it: ``getsizeof`` of the text counts 1, 2 or 4
+    bytes a character (one emoji makes the whole string 4 bytes a character), plus the object."""
+    return sys.getsizeof(message.content) + MESSAGE_OVERHEAD
 
 
 class MemoryStore:
-    """Sessions in this process: bounded in count (least recently used go first), idle TTL, and
-    messages per session (the oldest go first; they were already beyond what a request can carry)."""
+    """Sessions in this process, bounded in bytes (all sessions together, and each one), in count, in
+    messages per session and by an idle TTL. Past a bound the least recently used sessions go first,
+    and within a session the oldest messages (they were already beyond what a request can carry)."""
 
     def __init__(
         self,
@@ -62,17 +78,29 @@ class MemoryStore:
         max_sessions: int,
         idle_ttl: float,
         max_messages: int,
+        max_bytes: int = 1 << 62,
+        max_session_bytes: int = 1 << 62,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_sessions = max_sessions
         self.idle_ttl = idle_ttl
         self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.max_session_bytes = max_session_bytes
         self._clock = clock
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._locks: dict[str, _RefLock] = {}
+        self.size = 0  # bytes held by every session
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def _drop(self, session_id: str) -> bool:
+        session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        self.size -= session.size
+        return True
 
     def _live(self, session_id: str) -> _Session | None:
         session = self._sessions.get(session_id)
@@ -80,7 +108,7 @@ class MemoryStore:
             return None
         now = self._clock()
         if now - session.last_used > self.idle_ttl:
-            del self._sessions[session_id]
+            self._drop(session_id)
             return None
         session.last_used = now
         self._sessions.move_to_end(session_id)
@@ -90,9 +118,13 @@ class MemoryStore:
         now = self._clock()
         while self._sessions:
             oldest_id, oldest = next(iter(self._sessions.items()))
-            if len(self._sessions) <= self.max_sessions and now - oldest.last_used <= self.idle_ttl:
+            if (
+                len(self._sessions) <= self.max_sessions
+                and self.size <= self.max_bytes
+                and now - oldest.last_used <= self.idle_ttl
+            ):
                 break
-            del self._sessions[oldest_id]
+            self._drop(oldest_id)
 
     async def history(self, session_id: str) -> Sequence[Message] | None:
         session = self._live(session_id)
@@ -101,15 +133,27 @@ class MemoryStore:
     async def append(self, session_id: str, messages: Sequence[Message]) -> None:
         session = self._live(session_id)
         if session is None:
-            session = self._sessions[session_id] = _Session(last_used=self._clock())
+            session = self._sessions[session_id] = _Session(last_used=self._clock(), size=SESSION_OVERHEAD)
+            self.size += SESSION_OVERHEAD
         session.messages.extend(messages)
-        overflow = len(session.messages) - self.max_messages
-        if overflow > 0:
-            del session.messages[:overflow]
+        added = sum(stored_size(m) for m in messages)
+        session.size += added
+        self.size += added
+        limit = min(self.max_session_bytes, self.max_bytes)
+        drop = 0
+        freed = 0
+        kept = len(session.messages)
+        while kept - drop > 1 and (kept - drop > self.max_messages or session.size - freed > limit):
+            freed += stored_size(session.messages[drop])
+            drop += 1
+        if drop:
+            del session.messages[:drop]
+            session.size -= freed
+            self.size -= freed
         self._evict()
 
     async def delete(self, session_id: str) -> bool:
-        return self._sessions.pop(session_id, None) is not None
+        return self._drop(session_id)
 
     async def check(self) -> str | None:
         return None
@@ -211,7 +255,9 @@ class Stores:
     store follows changed limits in place, keeping its sessions.
     """
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    def __init__(self, memory_budget: int = 1 << 62, metrics: Metrics | None = None) -> None:
+        #: Bytes the memory store may hold when the settings do not say (derived from the pod's limit).
+        self.memory_budget = memory_budget
         self._key: tuple[object, ...] | None = None
         self._store: SessionStore | None = None
         self._memory: MemoryStore | None = None
@@ -236,6 +282,8 @@ class Stores:
             memory = self._memory
             memory.max_sessions, memory.idle_ttl = settings.session_max_count, settings.session_idle_ttl
             memory.max_messages = settings.session_max_messages
+            memory.max_bytes = settings.session_store_bytes or self.memory_budget
+            memory.max_session_bytes = settings.session_max_bytes
             assert self._timed_memory is not None
             return self._timed_memory
         key = (

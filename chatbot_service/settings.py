@@ -70,6 +70,10 @@ class Settings:
     session_max_count: int = 10_000
     session_idle_ttl: float = 3600.0
     session_max_messages: int = 2_000
+    #: Bytes all in-memory sessions may hold; None: derived from the pod's memory limit.
+    session_store_bytes: int | None = None
+    #: Bytes one in-memory session may hold (its oldest messages go first past it).
+    session_max_bytes: int = 4 << 20
     session_store: str = "memory"
     redis_url: Secret | None = None
     bot_name: str = "kubechat"
@@ -180,6 +184,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "session_max_count": _integer(1),
     "session_idle_ttl": _number(1),
     "session_max_messages": _integer(2),
+    "session_store_bytes": _integer(1 << 20),
+    "session_max_bytes": _integer(64 << 10),
     "session_store": _store,
     "redis_url": _redis_url,
     "bot_name": _text,

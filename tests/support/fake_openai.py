@@ -79,6 +79,7 @@ class FakeOpenAI:
         self.faults: deque[Fault] = deque()
         self.requests: list[Seen] = []
         self.url = ""  # set by whoever serves it: the base URL clients use, ending in /v1
+        self.keep_requests = True  # False: a load test that sends more than a test process should keep
         self.streams_open = 0  # streams being sent now
         self.streams_cut = 0  # streams whose reader left before the reply was sent
         self._lock = threading.Lock()
@@ -112,7 +113,8 @@ class FakeOpenAI:
         body = await request.json()
         with self._lock:
             peer = request.client.host if request.client else ""
-            self.requests.append(Seen(dict(request.headers), body, peer))
+            if self.keep_requests:
+                self.requests.append(Seen(dict(request.headers), body, peer))
             fault = self.faults.popleft() if self.faults else None
         if fault and fault.delay:
             await asyncio.sleep(fault.delay)

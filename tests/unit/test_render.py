@@ -91,7 +91,9 @@ def test_the_key_is_a_file_from_an_optional_secret_never_an_env_var() -> None:
     dep = render(bot(), OperatorDefaults()).deployment
     pod = dep["spec"]["template"]["spec"]
     container = pod["containers"][0]
-    assert all("valueFrom" not in e for e in container["env"])
+    assert all("secretKeyRef" not in e.get("valueFrom", {}) for e in container["env"])
+    limit = {"resourceFieldRef": {"containerName": "bot", "resource": "limits.memory"}}
+    assert {"name": "KUBECHAT_MEMORY_LIMIT", "valueFrom": limit} in container["env"]
     sources = pod["volumes"][0]["projected"]["sources"]
     assert {
         "secret": {"name": "openai", "items": [{"key": "apiKey", "path": "openai_api_key"}], "optional": True}
@@ -113,7 +115,7 @@ def test_prompt_from_a_config_map_and_app_configuration_with_a_connection_string
     assert {
         "configMap": {"name": "prompts", "items": [{"key": "helpdesk", "path": "system_prompt"}]}
     } in sources
-    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+    env = {e["name"]: e["value"] for e in pod["containers"][0]["env"] if "value" in e}
     assert (
         env["KUBECHAT_APPCONFIG_CONNECTION_STRING_FILE"] == "/etc/kubechat/config/appconfig/connection_string"
     )

@@ -1,0 +1,92 @@
+"""The in-memory store is bounded by bytes: a real ``kubechat serve`` process, told its pod's memory
+limit as the operator tells it, is filled with large and non-ASCII conversations past its budget; its
+RSS (read from /proc) stays under the limit, old sessions are evicted and it keeps answering."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from tests.integration.conftest import API_KEY
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.servers import free_port
+
+MiB = 1 << 20
+LIMIT = 256 * MiB
+
+
+def status(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM (peak RSS) ... of a process, in bytes."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if value.strip().endswith("kB"):
+            fields[name] = int(value.split()[0]) * 1024
+    return fields
+
+
+@pytest.fixture
+def served_bot(upstream: FakeOpenAI, tiktoken_cache: Path) -> Iterator[tuple[str, int]]:
+    upstream.keep_requests = False  # this test sends 100 MiB of bodies
+    port = free_port()
+    env = {
+        "PATH": os.environ["PATH"],
+        "TIKTOKEN_CACHE_DIR": str(tiktoken_cache),
+        "OPENAI_API_KEY": API_KEY,
+        "OPENAI_BASE_URL": upstream.url,
+        "KUBECHAT_MODEL": "gpt-4o-mini",
+        "KUBECHAT_MAX_RETRIES": "0",
+        "KUBECHAT_MEMORY_LIMIT": str(LIMIT),  # the downward API's limits.memory
+        "KUBECHAT_LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chatbot_service.cli", "serve", "--port", str(port)], env=env
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx2.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx2.HTTPError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "the bot did not start"
+            time.sleep(0.1)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_large_and_non_ascii_sessions_are_evicted_before_rss_reaches_the_limit(
+    served_bot: tuple[str, int],
+) -> None:
+    url, pid = served_bot
+    idle = status(pid)["VmRSS"]
+    emoji = "\U0001f600" * 31_000  # 4 bytes a character once stored, reply echoed: ~250 KB a turn
+    plain = "x" * 31_000
+    sessions = []
+    with httpx2.Client(base_url=url, timeout=30) as client:
+        for i in range(320):
+            text = (emoji if i % 8 else plain) + f" {i}"
+            body = json.dumps({"message": text}, ensure_ascii=False).encode()
+            reply = client.post("/chat", content=body, headers={"content-type": "application/json"})
+            assert reply.status_code == 200, reply.text
+            sessions.append(reply.json()["session_id"])
+        peak = status(pid)["VmHWM"]
+        assert client.get(f"/sessions/{sessions[0]}").status_code == 404  # evicted
+        assert client.get(f"/sessions/{sessions[-1]}").status_code == 200
+        after = client.post("/chat", json={"message": "still there?"})
+        assert after.status_code == 200 and after.json()["reply"].endswith("still there?")
+    # ~100 MiB of conversations were sent; the store keeps its budget and the process its limit
+    print(f"idle RSS {idle / MiB:.0f} MiB, peak {peak / MiB:.0f} MiB, limit {LIMIT / MiB:.0f} MiB")
+    assert peak < LIMIT
