@@ -32,13 +32,17 @@ from chatbot_service.api_models import (
 from chatbot_service.errors import BadRequest, ChatError, SessionNotFound, UnsupportedMediaType
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.memory import memory_limit, release_freed, store_budget
-from chatbot_service.middleware import BodyLimit, SameOrigin
+from chatbot_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from chatbot_service.metrics import Metrics
+from chatbot_service.middleware import BodyLimit, HttpMetrics, SameOrigin
+from chatbot_service.observe import Observer
 from chatbot_service.relay import Relay, RelayResponse
 from chatbot_service.service import ChatService, TurnResult
 from chatbot_service.sessions import SessionStore, Stores
 from chatbot_service.sources import read_local
 from chatbot_service.sse import KEEPALIVE
 from chatbot_service.tokens import get_encoding
+from chatbot_service.tracing import tracer_from_environ
 from chatbot_service.upstream import Upstream
 from chatbot_service.validation import parse_json, validation_error
 
@@ -79,11 +83,17 @@ def create_app(
     when the environment names a store, and mounted files, in that order of precedence)."""
     env = dict(os.environ if environ is None else environ)
     source = None if load else _app_configuration(env)
-    holder = SettingsHolder(load or _local_loader(env, source))
+    metrics = Metrics()
+    tracing = tracer_from_environ(env)
+    observer = Observer(metrics, tracing[0] if tracing else None)
+    holder = SettingsHolder(
+        load or _local_loader(env, source),
+        on_reload=lambda ok: metrics.settings_reloads.labels("ok" if ok else "failed").inc(),
+    )
     holder.reload()
-    stores = Stores(store_budget(memory_limit(env)))
+    stores = Stores(store_budget(memory_limit(env)), metrics)
     upstream = Upstream()
-    service = ChatService(holder, stores, upstream)
+    service = ChatService(holder, stores, upstream, observer)
     reload_interval = float(env.get("KUBECHAT_RELOAD_INTERVAL", "5"))
 
     @contextlib.asynccontextmanager
@@ -102,6 +112,8 @@ def create_app(
                 source.close()
             await upstream.aclose()
             await stores.aclose()
+            if tracing:
+                await asyncio.to_thread(tracing[1])  # flush the spans still queued
 
     def _store() -> SessionStore:
         return stores.get(holder.loaded())
@@ -127,6 +139,7 @@ def create_app(
     app.router.route_class = JSONRoute
     app.state.service = service
     app.state.holder = holder
+    app.state.metrics = metrics
     # Outermost last: SameOrigin refuses foreign origins (preflights too, in JSON), CORS answers for
     # the allowed ones, and only then is a body read.
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
@@ -138,6 +151,7 @@ def create_app(
         expose_headers=["X-Kubechat-Prompt-Tokens", "X-Kubechat-Truncated", "Retry-After"],
     )
     app.add_middleware(SameOrigin, allowed=origins)
+    app.add_middleware(HttpMetrics, metrics=metrics)  # outermost: every refusal counts too
 
     @app.exception_handler(ChatError)
     async def on_chat_error(_: Request, exc: ChatError) -> JSONResponse:
@@ -236,12 +250,19 @@ def create_app(
         }
         if request.stream_options is not None:
             params["stream_options"] = request.stream_options.model_dump(exclude_none=True)
-        if not request.stream:
-            content = await upstream.complete_raw(settings, params)
-            return Response(content, media_type="application/json", headers=headers)
+        turn = service.start_turn(settings, None, prompt)
         resources = contextlib.AsyncExitStack()
-        response = await resources.enter_async_context(upstream.stream(settings, params))
-        relay = Relay(response, resources, settings.stream_keepalive)
+        try:
+            if not request.stream:
+                content = await upstream.complete_raw(settings, params)
+                turn.answered(_json_object(content))
+                turn.served()
+                return Response(content, media_type="application/json", headers=headers)
+            response = await resources.enter_async_context(upstream.stream(settings, params))
+        except ChatError as exc:
+            turn.failed(exc)
+            raise
+        relay = Relay(response, resources, settings.stream_keepalive, turn)
         return RelayResponse(relay, _passthrough(relay), headers)
 
     @app.get("/v1/models", tags=["openai"])
@@ -254,6 +275,11 @@ def create_app(
                 {"id": settings.model, "object": "model", "created": int(time.time()), "owned_by": "kubechat"}
             ],
         }
+
+    @app.get("/metrics", tags=["probes"], response_class=Response)
+    async def metrics_endpoint() -> Response:
+        """Prometheus metrics: the OpenTelemetry GenAI conventions (v1.41.0) and kubechat's own."""
+        return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
@@ -352,3 +378,11 @@ async def _passthrough(relay: Relay) -> AsyncGenerator[bytes, None]:
             yield KEEPALIVE if event is None else event.encoded()
     except ChatError as exc:
         yield b"data: " + json.dumps(exc.body(), separators=(",", ":")).encode() + b"\n\n"
+
+
+def _json_object(content: bytes) -> dict[str, Any] | None:
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None

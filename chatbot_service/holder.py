@@ -26,8 +26,9 @@ class Pending(SettingsError):
 class SettingsHolder:
     """Owns the current ``Settings``; ``reload()`` re-reads every source and swaps them atomically."""
 
-    def __init__(self, load: Loader) -> None:
+    def __init__(self, load: Loader, on_reload: Callable[[bool], object] | None = None) -> None:
         self._load = load
+        self._on_reload = on_reload or (lambda ok: None)  # True: new settings in force; False: a failure
         self._raw: dict[str, str] | None = None
         self.current: Settings | None = None
         self.problems: list[str] = []
@@ -60,9 +61,13 @@ class SettingsHolder:
                 ", ".join(settings.ignored_keys) or "none",
             )
         self.current, self.problems = settings, []
+        if changed:
+            self._on_reload(True)
         return changed
 
     def _failed(self, problems: list[str], pending: bool = False) -> bool:
+        if not pending:
+            self._on_reload(False)
         if problems != self.problems:
             kept = "keeping the last good settings" if self.current else "not ready"
             level = logging.INFO if pending else logging.ERROR

@@ -7,10 +7,16 @@ sites' pages from using a bot through a visitor's browser.
 
 from __future__ import annotations
 
+import time
+from typing import TYPE_CHECKING
+
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chatbot_service.errors import BodyTooLarge, ChatError, CrossOriginRefused
+
+if TYPE_CHECKING:
+    from chatbot_service.metrics import Metrics
 
 
 class BodyLimit:
@@ -96,3 +102,34 @@ async def _answer(
 ) -> None:
     response = JSONResponse(error.body(), status_code=error.status, headers=headers)
     await response(scope, receive, send)
+
+
+class HttpMetrics:
+    """Count and time every HTTP request by its route template (bounded: never the raw path)."""
+
+    METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            # The router names the matched route in the scope; its path is the template.
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"] if scope["method"] in self.METHODS else "other"
+            self.metrics.record_http(route, method, status, time.perf_counter() - start)

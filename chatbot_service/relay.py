@@ -19,7 +19,8 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from chatbot_service.errors import ChatError
-from chatbot_service.sse import CompletionStream, StreamEvent
+from chatbot_service.observe import Turn
+from chatbot_service.sse import CompletionStream, StreamEvent, delta_text
 from chatbot_service.upstream import map_transport_error
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -32,11 +33,19 @@ class Relay:
     it raises ``ChatError`` when the stream ends badly. ``aclose()`` releases everything, once."""
 
     def __init__(
-        self, response: httpx2.Response, resources: contextlib.AsyncExitStack, keepalive: float
+        self,
+        response: httpx2.Response,
+        resources: contextlib.AsyncExitStack,
+        keepalive: float,
+        turn: Turn | None = None,
     ) -> None:
         self._response = response
         self._resources = resources
         self._keepalive = keepalive
+        self._turn = turn  # timed and counted here, whichever route relays
+        self._ended = False
+        self._last: dict[str, Any] | None = None  # the newest chunk: it names the model that answered
+        self._usage: dict[str, Any] | None = None
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
         self._reader: asyncio.Task[None] | None = None
 
@@ -74,12 +83,39 @@ class Relay:
             else:
                 item = self._queue.get_nowait()
             if item is _END:
+                self._end(None)
                 return
             if isinstance(item, ChatError):
+                self._end(item)
                 raise item
+            if self._turn is not None and item.chunk is not None:
+                self._observe(self._turn, item.chunk)
             yield item
 
+    def _observe(self, turn: Turn, chunk: dict[str, Any]) -> None:
+        if delta_text(chunk):
+            turn.first_token()
+        self._last = chunk
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self._usage = usage
+
+    def _end(self, error: ChatError | None) -> None:
+        self._ended = True
+        if self._turn is None:
+            return
+        if error is not None:
+            self._turn.failed(error)
+            return
+        self._turn.answered(self._last, self._usage)
+        self._turn.served()
+
     async def aclose(self) -> None:
+        if not self._ended:  # the client left before the end
+            self._ended = True
+            if self._turn is not None:
+                self._turn.upstream_failed("cancelled")
+                self._turn.served("cancelled")
         reader, self._reader = self._reader, None
         if reader is not None and not reader.done():
             reader.cancel()

@@ -17,6 +17,8 @@ from chatbot_service.api_models import CompletionRequest
 from chatbot_service.conversation import Message, Prompt, fit
 from chatbot_service.errors import BadRequest, ChatError, MessageTooLong, SessionNotFound, UpstreamError
 from chatbot_service.holder import SettingsHolder
+from chatbot_service.metrics import Metrics
+from chatbot_service.observe import Observer, Turn
 from chatbot_service.relay import Relay
 from chatbot_service.sessions import Stores
 from chatbot_service.settings import Settings
@@ -46,10 +48,14 @@ def new_session_id() -> str:
 
 
 class ChatService:
-    def __init__(self, holder: SettingsHolder, stores: Stores, upstream: Upstream) -> None:
+    def __init__(
+        self, holder: SettingsHolder, stores: Stores, upstream: Upstream, observer: Observer | None = None
+    ) -> None:
         self.holder = holder
         self.stores = stores
         self.upstream = upstream
+        self.observer = observer or Observer(Metrics())
+        self.metrics = self.observer.metrics
         self._system: tuple[Settings, Message] | None = None
 
     # -- helpers ---------------------------------------------------------------------------
@@ -84,6 +90,14 @@ class ChatService:
         if len(text) > settings.max_message_chars:
             raise MessageTooLong.chars(len(text), settings.max_message_chars)
 
+    def start_turn(self, settings: Settings, session_id: str | None, prompt: Prompt) -> Turn:
+        """Count how the prompt was fitted and start observing the request (None: a stateless one)."""
+        route = "/chat" if session_id else "/v1/chat/completions"
+        self.metrics.record_fit(route, prompt.truncated, prompt.dropped)
+        return self.observer.turn(
+            settings.model, conversation_id=session_id, trimmed=prompt.truncated, dropped=prompt.dropped
+        )
+
     # -- server-side conversations (/chat) ----------------------------------------------
 
     async def _prepare(
@@ -107,9 +121,17 @@ class ChatService:
         sid = session_id or new_session_id()
         async with self.stores.get(settings).lock(sid):
             user, prompt, history = await self._prepare(settings, sid, session_id is None, text)
-            body = await self.upstream.complete(settings, self._params(settings, prompt))
-            reply = _reply_text(body)
-            return await self._record(settings, sid, user, reply, body.get("usage"), prompt, history)
+            turn = self.start_turn(settings, sid, prompt)
+            try:
+                body = await self.upstream.complete(settings, self._params(settings, prompt))
+                reply = _reply_text(body)
+            except ChatError as exc:
+                turn.failed(exc)
+                raise
+            turn.answered(body)
+            result = await self._record(settings, sid, user, reply, body.get("usage"), prompt, history)
+            turn.served()
+            return result
 
     async def _record(
         self,
@@ -151,11 +173,16 @@ class ChatService:
             user, prompt, history = await self._prepare(settings, sid, session_id is None, text)
             params = self._params(settings, prompt)
             params["stream_options"] = {"include_usage": True}
-            response = await resources.enter_async_context(self.upstream.stream(settings, params))
+            turn = self.start_turn(settings, sid, prompt)
+            try:
+                response = await resources.enter_async_context(self.upstream.stream(settings, params))
+            except ChatError as exc:
+                turn.failed(exc)
+                raise
         except BaseException:
             await resources.aclose()
             raise
-        relay = Relay(response, resources, settings.stream_keepalive)
+        relay = Relay(response, resources, settings.stream_keepalive, turn)
         return relay, self._chat_events(relay, settings, sid, user, prompt, history)
 
     async def _chat_events(

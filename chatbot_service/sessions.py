@@ -11,13 +11,18 @@ import asyncio
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from chatbot_service.conversation import Message
 from chatbot_service.settings import Settings
+
+if TYPE_CHECKING:
+    from chatbot_service.metrics import Metrics
+
+T = TypeVar("T")
 
 
 class SessionStore(Protocol):
@@ -189,6 +194,59 @@ class _RefLock(AbstractAsyncContextManager[None]):
             self._on_idle()
 
 
+class TimedStore:
+    """A store whose calls are timed and whose failures are counted (``kubechat_session_store_*``)."""
+
+    def __init__(self, store: SessionStore, kind: str, metrics: Metrics) -> None:
+        self.store = store
+        self._duration = {
+            op: metrics.store_duration.labels(kind, op) for op in ("history", "append", "delete", "lock")
+        }
+        self._errors = {op: metrics.store_errors.labels(kind, op) for op in self._duration}
+
+    async def _timed(self, op: str, call: Awaitable[T]) -> T:
+        start = time.perf_counter()
+        try:
+            return await call
+        except Exception:
+            self._errors[op].inc()
+            raise
+        finally:
+            self._duration[op].observe(time.perf_counter() - start)
+
+    async def history(self, session_id: str) -> Sequence[Message] | None:
+        return await self._timed("history", self.store.history(session_id))
+
+    async def append(self, session_id: str, messages: Sequence[Message]) -> None:
+        await self._timed("append", self.store.append(session_id, messages))
+
+    async def delete(self, session_id: str) -> bool:
+        return await self._timed("delete", self.store.delete(session_id))
+
+    def lock(self, session_id: str) -> AbstractAsyncContextManager[None]:
+        return _TimedLock(self.store.lock(session_id), self)
+
+    async def check(self) -> str | None:
+        return await self.store.check()
+
+    async def aclose(self) -> None:
+        await self.store.aclose()
+
+
+class _TimedLock(AbstractAsyncContextManager[None]):
+    """Times how long taking a session's lock took (waiting for another turn on it included)."""
+
+    def __init__(self, lock: AbstractAsyncContextManager[None], store: TimedStore) -> None:
+        self._lock = lock
+        self._store = store
+
+    async def __aenter__(self) -> None:
+        await self._store._timed("lock", self._lock.__aenter__())
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        return await self._lock.__aexit__(*exc)
+
+
 class Stores:
     """The store the current settings ask for, made on first use and kept while they ask for the same.
 
@@ -197,13 +255,20 @@ class Stores:
     store follows changed limits in place, keeping its sessions.
     """
 
-    def __init__(self, memory_budget: int = 1 << 62) -> None:
+    def __init__(self, memory_budget: int = 1 << 62, metrics: Metrics | None = None) -> None:
         #: Bytes the memory store may hold when the settings do not say (derived from the pod's limit).
         self.memory_budget = memory_budget
         self._key: tuple[object, ...] | None = None
         self._store: SessionStore | None = None
         self._memory: MemoryStore | None = None
+        self._timed_memory: SessionStore | None = None
         self._retired: list[SessionStore] = []
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.count_sessions(lambda: len(self._memory) if self._memory is not None else 0)
+
+    def _timed(self, store: SessionStore, kind: str) -> SessionStore:
+        return store if self._metrics is None else TimedStore(store, kind, self._metrics)
 
     def get(self, settings: Settings) -> SessionStore:
         if settings.session_store == "memory":
@@ -213,12 +278,14 @@ class Stores:
                     idle_ttl=settings.session_idle_ttl,
                     max_messages=settings.session_max_messages,
                 )
+                self._timed_memory = self._timed(self._memory, "memory")
             memory = self._memory
             memory.max_sessions, memory.idle_ttl = settings.session_max_count, settings.session_idle_ttl
             memory.max_messages = settings.session_max_messages
             memory.max_bytes = settings.session_store_bytes or self.memory_budget
             memory.max_session_bytes = settings.session_max_bytes
-            return memory
+            assert self._timed_memory is not None
+            return self._timed_memory
         key = (
             settings.redis_url,
             settings.bot_name,
@@ -232,12 +299,15 @@ class Stores:
             if self._store is not None:
                 self._retired.append(self._store)  # closed at shutdown: turns in flight may still use it
             assert settings.redis_url is not None
-            self._store = RedisStore(
-                settings.redis_url.reveal(),
-                namespace=settings.bot_name,
-                idle_ttl=settings.session_idle_ttl,
-                max_messages=settings.session_max_messages,
-                lock_ttl=settings.lock_ttl,
+            self._store = self._timed(
+                RedisStore(
+                    settings.redis_url.reveal(),
+                    namespace=settings.bot_name,
+                    idle_ttl=settings.session_idle_ttl,
+                    max_messages=settings.session_max_messages,
+                    lock_ttl=settings.lock_ttl,
+                ),
+                "redis",
             )
             self._key = key
         return self._store

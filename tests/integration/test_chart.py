@@ -19,6 +19,8 @@ from typing import Any
 import httpx2
 import pytest
 import yaml
+from kubechat_operator.render import BOT_LABEL, OperatorDefaults
+from kubechat_operator.render import render as render_bot
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
@@ -115,8 +117,9 @@ def test_the_chart_version_follows_the_package() -> None:
         [],
         ["watchNamespaces={team-a,team-b}", "replicaCount=2"],
         ["replicaCount=3", "rbac.secretExistenceCheck=false", "logLevel=debug"],
+        ["metrics.podMonitor.enabled=true", "metrics.grafanaDashboard.enabled=true"],
     ],
-    ids=["defaults", "namespaced-peering", "no-secret-check"],
+    ids=["defaults", "namespaced-peering", "no-secret-check", "observability"],
 )
 def test_helm_lint(helm: Callable[..., str], sets: list[str]) -> None:
     out = helm("lint", "--strict", str(CHART), *(f"--set={s}" for s in sets))
@@ -124,6 +127,37 @@ def test_helm_lint(helm: Callable[..., str], sets: list[str]) -> None:
 
 
 # ---- what it renders -----------------------------------------------------------------------------------
+def test_observability_objects_are_off_by_default_and_target_the_bots_pods(helm: Callable[..., str]) -> None:
+    assert not [d for d in render(helm, "kc", "ops") if d["kind"] in ("PodMonitor", "ConfigMap")]
+    docs = render(
+        helm,
+        "kc",
+        "ops",
+        "metrics.podMonitor.enabled=true",
+        "metrics.podMonitor.labels.release=prometheus",
+        "metrics.grafanaDashboard.enabled=true",
+    )
+    (monitor,) = only(docs, "PodMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    # The PodMonitor selects exactly what the operator puts on a bot's pods, on the port it names.
+    bot = {"metadata": {"name": "helpdesk", "namespace": "team-a", "uid": "u"}, "spec": {"systemPrompt": "x"}}
+    pod = render_bot(bot, OperatorDefaults()).deployment["spec"]["template"]
+    selected = monitor["spec"]["selector"]["matchLabels"]
+    assert selected.items() <= pod["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == "/metrics"
+    assert endpoint["port"] in {p["name"] for c in pod["spec"]["containers"] for p in c.get("ports", ())}
+    # `bot` comes from the pod label Prometheus exposes as __meta_kubernetes_pod_label_<sanitised name>.
+    bot_source = next(r["sourceLabels"][0] for r in endpoint["relabelings"] if r["targetLabel"] == "bot")
+    sanitised = "__meta_kubernetes_pod_label_" + "".join(c if c.isalnum() else "_" for c in BOT_LABEL)
+    assert bot_source == sanitised and pod["metadata"]["labels"][BOT_LABEL] == "helpdesk"
+    (dashboard,) = only(docs, "ConfigMap")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = (CHART / "dashboards" / "kubechat-bots.json").read_text()
+    assert json.loads(dashboard["data"]["kubechat-bots.json"]) == json.loads(shipped)
+
+
 def test_defaults_render_a_cluster_wide_restricted_operator(helm: Callable[..., str]) -> None:
     docs = render(helm, "kc", "kubechat-system")
     assert sorted(d["kind"] for d in docs) == [
