@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx2
-from fastapi import FastAPI, Path, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -23,13 +23,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chatbot_service import __version__
+from chatbot_service.caller_headers import CallerHeaders
 from chatbot_service.errors import BadRequest, ChatError, SessionNotFound
+from chatbot_service.guard import Caller, Guard, Ticket
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.service import ChatService, TurnResult
 from chatbot_service.sessions import SessionStore, Stores
 from chatbot_service.sources import read_local
 from chatbot_service.tokens import get_encoding
 from chatbot_service.upstream import Upstream, map_transport_error
+from chatbot_service.usage import stream_usage, usage_report
 
 if TYPE_CHECKING:
     from chatbot_service.appconfig import Source
@@ -75,6 +78,18 @@ class ChatReply(BaseModel):
 SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
 
 
+async def _authorized(request: Request) -> Caller:
+    """Every route that talks to the model or to sessions: who calls (401/403 otherwise)."""
+    holder: SettingsHolder = request.app.state.holder
+    guard: Guard = request.app.state.guard
+    caller = await guard.authenticate(holder.current, request.headers.get("authorization"))
+    request.state.kubechat_caller = caller  # its x-ratelimit-* headers go on the response
+    return caller
+
+
+Authorized = Annotated[Caller, Depends(_authorized)]
+
+
 def error_response(error: ChatError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
@@ -94,7 +109,8 @@ def create_app(
     holder.reload()
     stores = Stores()
     upstream = Upstream()
-    service = ChatService(holder, stores, upstream)
+    guard = Guard(stores)
+    service = ChatService(holder, stores, upstream, guard)
     reload_interval = float(env.get("KUBECHAT_RELOAD_INTERVAL", "5"))
 
     @contextlib.asynccontextmanager
@@ -126,7 +142,9 @@ def create_app(
     )
     app.state.service = service
     app.state.holder = holder
+    app.state.guard = guard
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(CallerHeaders)
 
     @app.exception_handler(ChatError)
     async def on_chat_error(_: Request, exc: ChatError) -> JSONResponse:
@@ -188,35 +206,35 @@ def create_app(
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
     @app.post("/chat", response_model=ChatReply, tags=["conversations"])
-    async def chat(request: ChatRequest) -> Response:
+    async def chat(request: ChatRequest, caller: Authorized) -> Response:
         """Send a message; the bot keeps the conversation. With ``stream``, Server-Sent Events:
         ``session``, then ``delta``s, then ``done`` (the full reply object) or ``error``."""
         if not request.stream:
-            result = await service.turn(request.session_id, request.message)
+            result = await service.turn(request.session_id, request.message, caller)
             return JSONResponse(result.as_json())
-        events = await service.turn_stream(request.session_id, request.message)
+        events = await service.turn_stream(request.session_id, request.message, caller)
         return StreamingResponse(_chat_events(events), media_type="text/event-stream", headers=SSE_HEADERS)
 
     @app.get("/sessions/{session_id}", tags=["conversations"])
-    async def get_session(session_id: SessionId) -> dict[str, Any]:
+    async def get_session(session_id: SessionId, caller: Authorized) -> dict[str, Any]:
         """A session's history, oldest first, with each message's token count."""
-        history = await _store().history(session_id)
+        history = await _store().history(caller.session_key(session_id))
         if history is None:
             raise SessionNotFound(session_id)
         messages = [{"role": m.role, "content": m.content, "tokens": m.tokens} for m in history]
         return {"session_id": session_id, "messages": messages, "tokens": sum(m.tokens for m in history)}
 
     @app.delete("/sessions/{session_id}", status_code=204, tags=["conversations"])
-    async def delete_session(session_id: SessionId) -> Response:
+    async def delete_session(session_id: SessionId, caller: Authorized) -> Response:
         """Reset: forget the session."""
-        store = _store()
-        async with store.lock(session_id):
-            if not await store.delete(session_id):
+        store, key = _store(), caller.session_key(session_id)
+        async with store.lock(key):
+            if not await store.delete(key):
                 raise SessionNotFound(session_id)
         return Response(status_code=204)
 
     @app.post("/v1/chat/completions", tags=["openai"])
-    async def completions(request: Request) -> Response:
+    async def completions(request: Request, caller: Authorized) -> Response:
         """OpenAI-compatible and stateless; the bot's system prompt always comes first, its model is
         used whatever the request names, and a client's system messages follow the bot's prompt."""
         try:
@@ -231,17 +249,21 @@ def create_app(
             "X-Kubechat-Prompt-Tokens": str(prompt.tokens),
             "X-Kubechat-Truncated": str(prompt.truncated).lower(),
         }
+        ticket = await guard.admit(caller, settings, prompt.tokens, params)
         if not body.get("stream"):
-            content = await upstream.complete_raw(settings, params)
+            content = await ticket.guarded(upstream.complete_raw(settings, params))
+            await ticket.settle_raw(content)
             return Response(content, media_type="application/json", headers=headers)
         stream = upstream.stream(settings, params)
-        response = await stream.__aenter__()
+        response = await ticket.guarded(stream.__aenter__())
         return StreamingResponse(
-            _passthrough(stream, response), media_type="text/event-stream", headers={**SSE_HEADERS, **headers}
+            _passthrough(stream, response, ticket),
+            media_type="text/event-stream",
+            headers={**SSE_HEADERS, **headers},
         )
 
     @app.get("/v1/models", tags=["openai"])
-    async def models() -> dict[str, Any]:
+    async def models(_: Authorized) -> dict[str, Any]:
         """The one model this bot answers with, for tools that list models first."""
         settings = holder.require()
         return {
@@ -264,7 +286,14 @@ def create_app(
             "name": settings.bot_name if settings else None,
             "model": settings.model if settings else None,
             "ready": holder.readiness()["ready"],
+            "auth_required": bool(settings and settings.access),
         }
+
+    @app.get("/v1/usage", tags=["openai"])
+    async def usage(caller: Authorized, identity: str | None = None) -> dict[str, Any]:
+        """Tokens, cost and what is left per identity and window: the caller's own, or every identity's
+        for the bot's owners (``access.owners``)."""
+        return await usage_report(guard, holder.loaded(), caller, identity)
 
     app.mount("/static", PageFiles(directory=STATIC_DIR), name="static")
     return app
@@ -309,15 +338,20 @@ async def _chat_events(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[b
             yield sse("error", {**error.body(), "status": error.status})
 
 
-async def _passthrough(stream: Any, response: Any) -> AsyncIterator[bytes]:
-    """Forward the upstream's event stream byte for byte; a break mid-stream ends with an error event."""
+async def _passthrough(stream: Any, response: Any, ticket: Ticket) -> AsyncIterator[bytes]:
+    """Forward the upstream's event stream byte for byte; a break mid-stream ends with an error event.
+    The usage chunk (when the client asked for one) settles the reservation; without it, it stands."""
+    usage = None
     try:
         async for chunk in response.aiter_bytes():
+            if b'"usage"' in chunk:
+                usage = stream_usage(chunk) or usage
             yield chunk
     except httpx2.HTTPError as exc:
         error = map_transport_error(exc)
         yield f"data: {json.dumps(error.body())}\n\n".encode()
     finally:
+        await ticket.settle(usage)
         await stream.__aexit__(None, None, None)
 
 

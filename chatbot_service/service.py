@@ -17,6 +17,7 @@ import httpx2
 
 from chatbot_service.conversation import Message, Prompt, fit
 from chatbot_service.errors import BadRequest, ChatError, MessageTooLong, SessionNotFound, UpstreamError
+from chatbot_service.guard import OPEN, Caller, Guard, Ticket
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.sessions import Stores
 from chatbot_service.settings import Settings
@@ -45,10 +46,13 @@ def new_session_id() -> str:
 
 
 class ChatService:
-    def __init__(self, holder: SettingsHolder, stores: Stores, upstream: Upstream) -> None:
+    def __init__(
+        self, holder: SettingsHolder, stores: Stores, upstream: Upstream, guard: Guard | None = None
+    ) -> None:
         self.holder = holder
         self.stores = stores
         self.upstream = upstream
+        self.guard = guard or Guard(stores)
         self._system: tuple[Settings, Message] | None = None
 
     # -- helpers ---------------------------------------------------------------------------
@@ -86,13 +90,13 @@ class ChatService:
     # -- server-side conversations (/chat) ----------------------------------------------
 
     async def _prepare(
-        self, settings: Settings, session_id: str, new: bool, text: str
+        self, settings: Settings, session_id: str, new: bool, text: str, key: str | None = None
     ) -> tuple[Message, Prompt, Sequence[Message]]:
         """Inside the session lock: load history and fit the request (raises before any upstream call)."""
         encoding = self._encoding(settings)
         history: Sequence[Message] = []
         if not new:
-            found = await self.stores.get(settings).history(session_id)
+            found = await self.stores.get(settings).history(key or session_id)
             if found is None:
                 raise SessionNotFound(session_id)
             history = [m.recounted(encoding) for m in found]
@@ -100,15 +104,19 @@ class ChatService:
         prompt = fit([self._system_message(settings)], history, user, settings.budget)
         return user, prompt, history
 
-    async def turn(self, session_id: str | None, text: str) -> TurnResult:
+    async def turn(self, session_id: str | None, text: str, caller: Caller = OPEN) -> TurnResult:
         settings = self.holder.require()
         self.check_message(settings, text)
         sid = session_id or new_session_id()
-        async with self.stores.get(settings).lock(sid):
-            user, prompt, history = await self._prepare(settings, sid, session_id is None, text)
-            body = await self.upstream.complete(settings, self._params(settings, prompt))
+        key = caller.session_key(sid)
+        async with self.stores.get(settings).lock(key):
+            user, prompt, history = await self._prepare(settings, sid, session_id is None, text, key)
+            params = self._params(settings, prompt)
+            ticket = await self.guard.admit(caller, settings, prompt.tokens, params)
+            body = await ticket.guarded(self.upstream.complete(settings, params))
             reply = _reply_text(body)
-            return await self._record(settings, sid, user, reply, body.get("usage"), prompt, history)
+            await ticket.settle(body.get("usage"), reply)
+            return await self._record(settings, sid, user, reply, body.get("usage"), prompt, history, key)
 
     async def _record(
         self,
@@ -119,9 +127,10 @@ class ChatService:
         upstream_usage: dict[str, Any] | None,
         prompt: Prompt,
         history: Sequence[Message],
+        key: str | None = None,
     ) -> TurnResult:
         assistant = Message.create(self._encoding(settings), "assistant", reply)
-        await self.stores.get(settings).append(session_id, [user, assistant])
+        await self.stores.get(settings).append(key or session_id, [user, assistant])
         usage = {
             k: int(v)
             for k, v in (upstream_usage or {}).items()
@@ -132,7 +141,9 @@ class ChatService:
         usage["dropped_messages"] = prompt.dropped
         return TurnResult(session_id, reply, usage, prompt.truncated)
 
-    async def turn_stream(self, session_id: str | None, text: str) -> AsyncIterator[dict[str, Any]]:
+    async def turn_stream(
+        self, session_id: str | None, text: str, caller: Caller = OPEN
+    ) -> AsyncIterator[dict[str, Any]]:
         """A turn whose reply streams: yields ``{"delta": ...}`` events, then ``{"done": TurnResult}``.
 
         Errors before the first delta raise (so HTTP can answer with a status); later ones are
@@ -141,18 +152,20 @@ class ChatService:
         settings = self.holder.require()
         self.check_message(settings, text)
         sid = session_id or new_session_id()
-        lock = self.stores.get(settings).lock(sid)
+        key = caller.session_key(sid)
+        lock = self.stores.get(settings).lock(key)
         await lock.__aenter__()
         try:
-            user, prompt, history = await self._prepare(settings, sid, session_id is None, text)
+            user, prompt, history = await self._prepare(settings, sid, session_id is None, text, key)
             params = self._params(settings, prompt)
             params["stream_options"] = {"include_usage": True}
+            ticket = await self.guard.admit(caller, settings, prompt.tokens, params)
             stream = self.upstream.stream(settings, params)
-            response = await stream.__aenter__()
+            response = await ticket.guarded(stream.__aenter__())
         except BaseException:
             await lock.__aexit__(None, None, None)
             raise
-        relay = self._relay(settings, sid, user, prompt, history, lock, stream, response)
+        relay = self._relay(settings, sid, user, prompt, history, lock, stream, response, ticket, key)
         # Step into the relay's try block now: a generator that never started would not run its finally
         # if the client left before the body was sent, and the session would stay locked.
         first = await relay.__anext__()
@@ -168,6 +181,8 @@ class ChatService:
         lock: Any,
         stream: Any,
         response: Any,
+        ticket: Ticket,
+        key: str,
     ) -> AsyncIterator[dict[str, Any]]:
         parts: list[str] = []
         usage: dict[str, Any] | None = None
@@ -184,9 +199,10 @@ class ChatService:
             except ChatError as exc:
                 yield {"error": exc}
                 return
-            result = await self._record(settings, sid, user, "".join(parts), usage, prompt, history)
+            result = await self._record(settings, sid, user, "".join(parts), usage, prompt, history, key)
             yield {"done": result}
         finally:
+            await ticket.settle(usage, "".join(parts))  # a broken or abandoned stream: what came, counted
             await stream.__aexit__(None, None, None)
             await lock.__aexit__(None, None, None)
 
