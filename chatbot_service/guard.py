@@ -51,6 +51,7 @@ class Caller:
         return (self.identity or ANONYMOUS).name
 
 
+#: The caller of turns that come from no request (the terminal bot).
 OPEN = Caller(None)
 
 
@@ -185,7 +186,7 @@ class Guard:
     async def authenticate(self, settings: Settings | None, authorization: str | None) -> Caller:
         """The caller of a protected route; 401 without a valid credential, 403 if not allowed."""
         if settings is None or settings.access is None:
-            return OPEN
+            return Caller(None)
         credential = bearer(authorization)
         if credential is None:
             raise Unauthenticated()

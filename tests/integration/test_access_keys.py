@@ -15,29 +15,11 @@ import pytest
 from tests.cluster.polling import eventually
 from tests.integration.conftest import API_KEY, BotFactory
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.mounted import write_keys
 from tests.support.servers import ThreadedServer
 
 KEY_A = "kc-team-a-5b0e1d7c9f2a4e68"
 KEY_B = "kc-team-b-0c3f6a9e2d5b8174"
-
-
-def write_keys(folder: Path, keys: dict[str, str]) -> None:
-    """As the kubelet lays out a mounted Secret: ``..data`` swapped atomically, files linking into it."""
-    folder.mkdir(exist_ok=True)
-    generation = folder / f"..2026_{len(list(folder.glob('..2026_*'))):04d}"
-    generation.mkdir()
-    for name, key in keys.items():
-        (generation / name).write_text(key + "\n")
-    tmp = folder / "..data_tmp"
-    tmp.symlink_to(generation.name)
-    tmp.replace(folder / "..data")
-    for entry in folder.iterdir():
-        if not entry.name.startswith(".") and entry.name not in keys:
-            entry.unlink()
-    for name in keys:
-        link = folder / name
-        if not link.is_symlink():
-            link.symlink_to(f"..data/{name}")
 
 
 @pytest.fixture
