@@ -278,3 +278,13 @@ def parse_limits(raw: str, model: str) -> Limits | None:
             f"limits: cost budgets need a price for model {model!r}; add it under limits.prices"
         )
     return limits
+
+
+def counting(limits: Limits | None, session_store: str) -> str | None:
+    """Where limits are counted and what happens when that fails, for ``/readyz`` and the status."""
+    if limits is None:
+        return None
+    if session_store != "redis":
+        return "per pod (memory): each replica counts its own requests"
+    down = "admits without counting" if limits.fail_open else "refuses requests"
+    return f"shared by replicas (Redis); when Redis is down the bot {down}"
