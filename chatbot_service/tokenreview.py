@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import time
 from collections import OrderedDict
 from typing import Any
@@ -57,11 +58,14 @@ class TokenReviewer:
         if self._api is None:
             from kubernetes import client, config
 
+            configuration = client.Configuration()
             try:
-                config.load_incluster_config()  # type: ignore[no-untyped-call]
-            except config.ConfigException:
-                config.load_kube_config()  # type: ignore[no-untyped-call]
-            self._api = client.AuthenticationV1Api()
+                config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            except config.ConfigException:  # outside a cluster: KUBECONFIG, read now (not at import)
+                config.load_kube_config(  # type: ignore[no-untyped-call]
+                    config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+                )
+            self._api = client.AuthenticationV1Api(client.ApiClient(configuration))
         return self._api
 
     def _ask(self, token: str) -> Identity | None:
@@ -73,7 +77,7 @@ class TokenReviewer:
         try:
             status = self._client().create_token_review(review).status
         except (ApiException, ConfigException, OSError) as exc:
-            log.warning("TokenReview failed: %s", getattr(exc, "reason", None) or type(exc).__name__)
+            log.warning("TokenReview failed: %s", getattr(exc, "reason", None) or exc)
             raise NotReady("this bot cannot check service-account tokens right now; try again") from None
         if not status or not status.authenticated or self.access.audience not in (status.audiences or []):
             return None
