@@ -70,8 +70,8 @@ class PriceTable:
 
 
 def usd(nano: int) -> str:
-    """Nano-dollars as a USD amount for people (``0.000150``)."""
-    return f"{Decimal(nano) / NANO_PER_USD:.6f}"
+    """Nano-dollars as an exact USD amount (``0.000020100``): small turns cost less than a micro-dollar."""
+    return f"{Decimal(nano) / NANO_PER_USD:.9f}"
 
 
 def parse_usd(value: object) -> int:

@@ -168,3 +168,51 @@ def test_limits_are_per_identity_and_per_bot(limited: Any) -> None:
         with pytest.raises(openai.RateLimitError) as refused:
             ask(bot, KEYS["team-b"])
         assert "this bot reached its USD per day" in refused.value.body["message"]
+
+
+def test_usage_is_readable_per_identity_and_window(
+    start_bot: BotFactory, bot_env: dict[str, str], tmp_path: Path
+) -> None:
+    write_keys(tmp_path / "keys", KEYS | {"owner": "kc-owner-1e2d3c4b5a69788f"})
+    access = {"apiKeys": {}, "owners": ["owner"]}
+    limits = {
+        "timeZone": "Europe/Paris",
+        "perIdentity": {"tokens": {"day": 10 * TURN}, "cost": {"month": "1"}},
+        "identities": {"team-b": {"tokens": {"week": 5 * TURN}}},
+    }
+    env = bot_env | {
+        "KUBECHAT_ACCESS": json.dumps(access),
+        "KUBECHAT_LIMITS": json.dumps(limits),
+        "KUBECHAT_API_KEYS_DIR": str(tmp_path / "keys"),
+    }
+    with start_bot(env) as bot:
+        for key in ("team-a", "team-a", "team-b"):
+            ask(bot, KEYS[key])
+
+        def usage(key: str, **params: str) -> httpx2.Response:
+            return httpx2.get(
+                bot.url + "/v1/usage", params=params, headers={"Authorization": f"Bearer {key}"}
+            )
+
+        own = usage(KEYS["team-a"]).json()
+        assert own["time_zone"] == "Europe/Paris" and own["counters"] == "memory (this pod)"
+        (a,) = own["identities"]
+        day = a["windows"]["day"]
+        assert a["identity"] == "team-a"
+        assert (day["tokens"], day["token_limit"], day["tokens_remaining"]) == (2 * TURN, 10 * TURN, 8 * TURN)
+        cost = (2 * PROMPT * 150 + 2 * COMPLETION * 600) / 1e9  # gpt-4o-mini: 0.15 / 0.60 USD per 1M
+        month = a["windows"]["month"]
+        assert float(month["cost_usd"]) == pytest.approx(cost, abs=2e-9)
+        assert float(month["cost_remaining_usd"]) == pytest.approx(1 - cost, abs=2e-9)
+        # the month ends at midnight in Paris on the first of the next month
+        resets = dt.datetime.fromisoformat(month["resets_at"]).astimezone(ZoneInfo("Europe/Paris"))
+        assert (resets.day, resets.hour, resets.minute) == (1, 0, 0)
+        # someone else's usage is for the owners only
+        assert usage(KEYS["team-a"], identity="team-b").status_code == 403
+        assert usage("kc-nobody-000000000000").status_code == 401
+        everyone = usage("kc-owner-1e2d3c4b5a69788f").json()["identities"]
+        assert [i["identity"] for i in everyone] == ["team-a", "team-b"]
+        b = everyone[1]["windows"]
+        assert b["week"]["tokens_remaining"] == 4 * TURN and "token_limit" not in b["day"]
+        single = usage("kc-owner-1e2d3c4b5a69788f", identity="team-b").json()["identities"]
+        assert [i["identity"] for i in single] == ["team-b"]

@@ -135,8 +135,8 @@ def test_prices_and_costs() -> None:
     assert table.cost("my-azure-deployment", 10, 10) == 0
     custom = PriceTable({"my-azure-deployment": table.price("gpt-4o")})  # type: ignore[dict-item]
     assert custom.cost("my-azure-deployment", 1, 1) == 12_500
-    assert usd(parse_usd("2.50")) == "2.500000" and parse_usd(5) == 5 * 10**9
-    assert Decimal(usd(1)) == Decimal("0.000000")  # shown to the micro-dollar
+    assert usd(parse_usd("2.50")) == "2.500000000" and parse_usd(5) == 5 * 10**9
+    assert Decimal(usd(1)) == Decimal("0.000000001")  # exact to the nano-dollar
 
 
 @pytest.mark.parametrize(
