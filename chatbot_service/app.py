@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI, Path, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -29,7 +29,9 @@ from chatbot_service.api_models import (
     ChatRequest,
     CompletionRequest,
 )
+from chatbot_service.caller_headers import CallerHeaders
 from chatbot_service.errors import BadRequest, ChatError, SessionNotFound, UnsupportedMediaType
+from chatbot_service.guard import Caller, Guard
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.memory import memory_limit, release_freed, store_budget
 from chatbot_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -44,6 +46,7 @@ from chatbot_service.sse import KEEPALIVE
 from chatbot_service.tokens import get_encoding
 from chatbot_service.tracing import tracer_from_environ
 from chatbot_service.upstream import Upstream
+from chatbot_service.usage import usage_report
 from chatbot_service.validation import parse_json, validation_error
 
 if TYPE_CHECKING:
@@ -66,6 +69,18 @@ PAGE_HEADERS = {
 
 
 SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
+
+
+async def _authorized(request: Request) -> Caller:
+    """Every route that talks to the model or to sessions: who calls (401/403 otherwise)."""
+    holder: SettingsHolder = request.app.state.holder
+    guard: Guard = request.app.state.guard
+    caller = await guard.authenticate(holder.current, request.headers.get("authorization"))
+    request.state.kubechat_caller = caller  # its x-ratelimit-* headers go on the response
+    return caller
+
+
+Authorized = Annotated[Caller, Depends(_authorized)]
 
 
 def error_response(error: ChatError) -> JSONResponse:
@@ -93,7 +108,8 @@ def create_app(
     holder.reload()
     stores = Stores(store_budget(memory_limit(env)), metrics)
     upstream = Upstream()
-    service = ChatService(holder, stores, upstream, observer)
+    guard = Guard(stores)
+    service = ChatService(holder, stores, upstream, observer, guard)
     reload_interval = float(env.get("KUBECHAT_RELOAD_INTERVAL", "5"))
 
     @contextlib.asynccontextmanager
@@ -140,9 +156,11 @@ def create_app(
     app.state.service = service
     app.state.holder = holder
     app.state.metrics = metrics
+    app.state.guard = guard
     # Outermost last: SameOrigin refuses foreign origins (preflights too, in JSON), CORS answers for
     # the allowed ones, and only then is a body read.
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(CallerHeaders)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=sorted(origins),
@@ -211,35 +229,35 @@ def create_app(
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
     @app.post("/chat", response_model=ChatReply, tags=["conversations"])
-    async def chat(request: ChatRequest) -> Response:
+    async def chat(request: ChatRequest, caller: Authorized) -> Response:
         """Send a message; the bot keeps the conversation. With ``stream``, Server-Sent Events:
         ``session``, then ``delta``s, then ``done`` (the full reply object) or ``error``."""
         if not request.stream:
-            result = await service.turn(request.session_id, request.message)
+            result = await service.turn(request.session_id, request.message, caller)
             return JSONResponse(result.as_json())
-        relay, events = await service.turn_stream(request.session_id, request.message)
+        relay, events = await service.turn_stream(request.session_id, request.message, caller)
         return RelayResponse(relay, _chat_events(events), {})
 
     @app.get("/sessions/{session_id}", tags=["conversations"])
-    async def get_session(session_id: SessionId) -> dict[str, Any]:
+    async def get_session(session_id: SessionId, caller: Authorized) -> dict[str, Any]:
         """A session's history, oldest first, with each message's token count."""
-        history = await _store().history(session_id)
+        history = await _store().history(caller.session_key(session_id))
         if history is None:
             raise SessionNotFound(session_id)
         messages = [{"role": m.role, "content": m.content, "tokens": m.tokens} for m in history]
         return {"session_id": session_id, "messages": messages, "tokens": sum(m.tokens for m in history)}
 
     @app.delete("/sessions/{session_id}", status_code=204, tags=["conversations"])
-    async def delete_session(session_id: SessionId) -> Response:
+    async def delete_session(session_id: SessionId, caller: Authorized) -> Response:
         """Reset: forget the session."""
-        store = _store()
-        async with store.lock(session_id):
-            if not await store.delete(session_id):
+        store, key = _store(), caller.session_key(session_id)
+        async with store.lock(key):
+            if not await store.delete(key):
                 raise SessionNotFound(session_id)
         return Response(status_code=204)
 
     @app.post("/v1/chat/completions", tags=["openai"])
-    async def completions(request: CompletionRequest) -> Response:
+    async def completions(request: CompletionRequest, caller: Authorized) -> Response:
         """OpenAI-compatible and stateless; the bot's system prompt always comes first, its model is
         used whatever the request names, and a client's system messages follow the bot's prompt."""
         settings = holder.require()
@@ -250,23 +268,26 @@ def create_app(
         }
         if request.stream_options is not None:
             params["stream_options"] = request.stream_options.model_dump(exclude_none=True)
-        turn = service.start_turn(settings, None, prompt)
+        ticket = await guard.admit(caller, settings, prompt.tokens, params)
+        turn = service.start_turn(settings, None, prompt, caller)
         resources = contextlib.AsyncExitStack()
         try:
             if not request.stream:
-                content = await upstream.complete_raw(settings, params)
+                content = await ticket.guarded(upstream.complete_raw(settings, params))
+                await ticket.settle_raw(content)
                 turn.answered(_json_object(content))
                 turn.served()
                 return Response(content, media_type="application/json", headers=headers)
-            response = await resources.enter_async_context(upstream.stream(settings, params))
+            stream = resources.enter_async_context(upstream.stream(settings, params))
+            response = await ticket.guarded(stream)
         except ChatError as exc:
             turn.failed(exc)
             raise
-        relay = Relay(response, resources, settings.stream_keepalive, turn)
+        relay = Relay(response, resources, settings.stream_keepalive, turn, ticket)
         return RelayResponse(relay, _passthrough(relay), headers)
 
     @app.get("/v1/models", tags=["openai"])
-    async def models() -> dict[str, Any]:
+    async def models(_: Authorized) -> dict[str, Any]:
         """The one model this bot answers with, for tools that list models first."""
         settings = holder.require()
         return {
@@ -294,7 +315,14 @@ def create_app(
             "name": settings.bot_name if settings else None,
             "model": settings.model if settings else None,
             "ready": holder.readiness()["ready"],
+            "auth_required": bool(settings and settings.access),
         }
+
+    @app.get("/v1/usage", tags=["openai"])
+    async def usage(caller: Authorized, identity: str | None = None) -> dict[str, Any]:
+        """Tokens, cost and what is left per identity and window: the caller's own, or every identity's
+        for the bot's owners (``access.owners``)."""
+        return await usage_report(guard, holder.loaded(), caller, identity)
 
     app.mount("/static", PageFiles(directory=STATIC_DIR), name="static")
     return app

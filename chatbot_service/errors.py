@@ -123,3 +123,52 @@ class SessionStoreUnavailable(ChatError):
     status = 503
     type = "server_error"
     code = "session_store_unavailable"
+
+
+class Unauthenticated(ChatError):
+    """No credential, or one that is not valid; says nothing that would help guessing."""
+
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "missing or invalid credentials: send 'Authorization: Bearer <API key or token>'",
+            headers={"WWW-Authenticate": 'Bearer realm="kubechat"'},
+        )
+
+
+class Forbidden(ChatError):
+    """A known identity that this bot does not allow, or not for this."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "permission_denied"
+
+
+class RateLimited(ChatError):
+    """Over a per-minute limit (OpenAI's ``rate_limit_exceeded``; type ``requests`` or ``tokens``)."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, kind: str, headers: dict[str, str]) -> None:
+        super().__init__(message, headers=headers)
+        self.type = kind
+
+
+class QuotaExceeded(ChatError):
+    """Over a day, week or month budget (OpenAI's ``insufficient_quota``)."""
+
+    status = 429
+    type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
+class LimitsUnavailable(ChatError):
+    """The shared counters (Redis) cannot be reached and the bot refuses rather than count nothing."""
+
+    status = 503
+    type = "server_error"
+    code = "limits_unavailable"

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Mapping
 
 from chatbot_service.errors import NotReady
+from chatbot_service.policy import counting
 from chatbot_service.settings import Settings, SettingsError, parse_settings
 
 log = logging.getLogger("kubechat.settings")
@@ -105,6 +106,7 @@ class SettingsHolder:
             "missing": missing,
             "problems": self.problems,
             "model": self.current.model if self.current else None,
+            "limits": counting(self.current.limits, self.current.session_store) if self.current else None,
         }
 
     async def run(self, interval: float) -> None:

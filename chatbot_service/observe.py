@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from chatbot_service.errors import ChatError, UpstreamError
 from chatbot_service.metrics import ANONYMOUS, Metrics
+from chatbot_service.prices import DEFAULT_TABLE, NANO_PER_USD, PriceTable
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
@@ -54,6 +55,7 @@ class Turn:
         "identity",
         "model",
         "operation",
+        "prices",
     )
 
     def __init__(
@@ -69,6 +71,7 @@ class Turn:
         self.model = request_model
         self.operation = operation
         self.identity = ANONYMOUS
+        self.prices: PriceTable = DEFAULT_TABLE  # the bot's own table (spec.limits.prices) when it has one
         self._start = time.perf_counter()
         self._first: float | None = None
         self._response_model: str | None = None
@@ -117,7 +120,9 @@ class Turn:
             output_tokens=self._output,
             operation=self.operation,
         )
-        self._metrics.record_usage(self.identity, self._input or 0, self._output or 0, 0.0)
+        tokens_in, tokens_out = self._input or 0, self._output or 0
+        cost = self.prices.cost(self.model, tokens_in, tokens_out) / NANO_PER_USD
+        self._metrics.record_usage(self.identity, tokens_in, tokens_out, cost)
         self._end_call_span("")
 
     def failed(self, error: ChatError, *, upstream: bool = True) -> None:

@@ -19,6 +19,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from chatbot_service.errors import ChatError
+from chatbot_service.guard import Ticket
 from chatbot_service.observe import Turn
 from chatbot_service.sse import CompletionStream, StreamEvent, delta_text
 from chatbot_service.upstream import map_transport_error
@@ -38,6 +39,7 @@ class Relay:
         resources: contextlib.AsyncExitStack,
         keepalive: float,
         turn: Turn | None = None,
+        ticket: Ticket | None = None,
     ) -> None:
         self._response = response
         self._resources = resources
@@ -46,6 +48,8 @@ class Relay:
         self._ended = False
         self._last: dict[str, Any] | None = None  # the newest chunk: it names the model that answered
         self._usage: dict[str, Any] | None = None
+        self._ticket = ticket  # settled when the relay closes, with what came, however it ended
+        self._text: list[str] = []
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
         self._reader: asyncio.Task[None] | None = None
 
@@ -88,13 +92,16 @@ class Relay:
             if isinstance(item, ChatError):
                 self._end(item)
                 raise item
-            if self._turn is not None and item.chunk is not None:
-                self._observe(self._turn, item.chunk)
+            if item.chunk is not None:
+                self._observe(item.chunk)
             yield item
 
-    def _observe(self, turn: Turn, chunk: dict[str, Any]) -> None:
-        if delta_text(chunk):
-            turn.first_token()
+    def _observe(self, chunk: dict[str, Any]) -> None:
+        delta = delta_text(chunk)
+        if delta:
+            self._text.append(delta)
+            if self._turn is not None:
+                self._turn.first_token()
         self._last = chunk
         usage = chunk.get("usage")
         if isinstance(usage, dict):
@@ -116,6 +123,9 @@ class Relay:
             if self._turn is not None:
                 self._turn.upstream_failed("cancelled")
                 self._turn.served("cancelled")
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            await ticket.settle(self._usage, "".join(self._text))
         reader, self._reader = self._reader, None
         if reader is not None and not reader.done():
             reader.cancel()

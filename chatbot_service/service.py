@@ -16,6 +16,7 @@ from typing import Any
 from chatbot_service.api_models import CompletionRequest
 from chatbot_service.conversation import Message, Prompt, fit
 from chatbot_service.errors import BadRequest, ChatError, MessageTooLong, SessionNotFound, UpstreamError
+from chatbot_service.guard import OPEN, Caller, Guard
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.metrics import Metrics
 from chatbot_service.observe import Observer, Turn
@@ -49,13 +50,19 @@ def new_session_id() -> str:
 
 class ChatService:
     def __init__(
-        self, holder: SettingsHolder, stores: Stores, upstream: Upstream, observer: Observer | None = None
+        self,
+        holder: SettingsHolder,
+        stores: Stores,
+        upstream: Upstream,
+        observer: Observer | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.holder = holder
         self.stores = stores
         self.upstream = upstream
         self.observer = observer or Observer(Metrics())
         self.metrics = self.observer.metrics
+        self.guard = guard or Guard(stores)
         self._system: tuple[Settings, Message] | None = None
 
     # -- helpers ---------------------------------------------------------------------------
@@ -90,24 +97,27 @@ class ChatService:
         if len(text) > settings.max_message_chars:
             raise MessageTooLong.chars(len(text), settings.max_message_chars)
 
-    def start_turn(self, settings: Settings, session_id: str | None, prompt: Prompt) -> Turn:
+    def start_turn(self, settings: Settings, session_id: str | None, prompt: Prompt, caller: Caller) -> Turn:
         """Count how the prompt was fitted and start observing the request (None: a stateless one)."""
         route = "/chat" if session_id else "/v1/chat/completions"
         self.metrics.record_fit(route, prompt.truncated, prompt.dropped)
-        return self.observer.turn(
+        turn = self.observer.turn(
             settings.model, conversation_id=session_id, trimmed=prompt.truncated, dropped=prompt.dropped
         )
+        turn.identity = caller.name
+        turn.prices = self.guard.prices(settings)
+        return turn
 
     # -- server-side conversations (/chat) ----------------------------------------------
 
     async def _prepare(
-        self, settings: Settings, session_id: str, new: bool, text: str
+        self, settings: Settings, session_id: str, new: bool, text: str, key: str | None = None
     ) -> tuple[Message, Prompt, Sequence[Message]]:
         """Inside the session lock: load history and fit the request (raises before any upstream call)."""
         encoding = self._encoding(settings)
         history: Sequence[Message] = []
         if not new:
-            found = await self.stores.get(settings).history(session_id)
+            found = await self.stores.get(settings).history(key or session_id)
             if found is None:
                 raise SessionNotFound(session_id)
             history = [m.recounted(encoding) for m in found]
@@ -115,21 +125,25 @@ class ChatService:
         prompt = fit([self._system_message(settings)], history, user, settings.budget)
         return user, prompt, history
 
-    async def turn(self, session_id: str | None, text: str) -> TurnResult:
+    async def turn(self, session_id: str | None, text: str, caller: Caller = OPEN) -> TurnResult:
         settings = self.holder.require()
         self.check_message(settings, text)
         sid = session_id or new_session_id()
-        async with self.stores.get(settings).lock(sid):
-            user, prompt, history = await self._prepare(settings, sid, session_id is None, text)
-            turn = self.start_turn(settings, sid, prompt)
+        key = caller.session_key(sid)
+        async with self.stores.get(settings).lock(key):
+            user, prompt, history = await self._prepare(settings, sid, session_id is None, text, key)
+            params = self._params(settings, prompt)
+            ticket = await self.guard.admit(caller, settings, prompt.tokens, params)
+            turn = self.start_turn(settings, sid, prompt, caller)
             try:
-                body = await self.upstream.complete(settings, self._params(settings, prompt))
+                body = await ticket.guarded(self.upstream.complete(settings, params))
                 reply = _reply_text(body)
             except ChatError as exc:
                 turn.failed(exc)
                 raise
+            await ticket.settle(body.get("usage"), reply)
             turn.answered(body)
-            result = await self._record(settings, sid, user, reply, body.get("usage"), prompt, history)
+            result = await self._record(settings, sid, user, reply, body.get("usage"), prompt, history, key)
             turn.served()
             return result
 
@@ -142,9 +156,10 @@ class ChatService:
         upstream_usage: dict[str, Any] | None,
         prompt: Prompt,
         history: Sequence[Message],
+        key: str | None = None,
     ) -> TurnResult:
         assistant = Message.create(self._encoding(settings), "assistant", reply)
-        await self.stores.get(settings).append(session_id, [user, assistant])
+        await self.stores.get(settings).append(key or session_id, [user, assistant])
         usage = {
             k: int(v)
             for k, v in (upstream_usage or {}).items()
@@ -156,34 +171,38 @@ class ChatService:
         return TurnResult(session_id, reply, usage, prompt.truncated)
 
     async def turn_stream(
-        self, session_id: str | None, text: str
+        self, session_id: str | None, text: str, caller: Caller = OPEN
     ) -> tuple[Relay, AsyncIterator[dict[str, Any]]]:
         """A turn whose reply streams: the relay (which the caller must close, however the client
         leaves) and its events: ``{"session_id"}``, ``{"delta"}``s and ``{"keepalive"}``s, then
         ``{"done": TurnResult}`` (the turn is recorded) or ``{"error": ChatError}`` (nothing is).
+        The relay settles the caller's reservation with what came, however the stream ended.
 
         Errors before the upstream's first byte raise, so HTTP can answer with a status.
         """
         settings = self.holder.require()
         self.check_message(settings, text)
         sid = session_id or new_session_id()
+        key = caller.session_key(sid)
         resources = contextlib.AsyncExitStack()
         try:
-            await resources.enter_async_context(self.stores.get(settings).lock(sid))
-            user, prompt, history = await self._prepare(settings, sid, session_id is None, text)
+            await resources.enter_async_context(self.stores.get(settings).lock(key))
+            user, prompt, history = await self._prepare(settings, sid, session_id is None, text, key)
             params = self._params(settings, prompt)
             params["stream_options"] = {"include_usage": True}
-            turn = self.start_turn(settings, sid, prompt)
+            ticket = await self.guard.admit(caller, settings, prompt.tokens, params)
+            turn = self.start_turn(settings, sid, prompt, caller)
             try:
-                response = await resources.enter_async_context(self.upstream.stream(settings, params))
+                stream = resources.enter_async_context(self.upstream.stream(settings, params))
+                response = await ticket.guarded(stream)
             except ChatError as exc:
                 turn.failed(exc)
                 raise
         except BaseException:
             await resources.aclose()
             raise
-        relay = Relay(response, resources, settings.stream_keepalive, turn)
-        return relay, self._chat_events(relay, settings, sid, user, prompt, history)
+        relay = Relay(response, resources, settings.stream_keepalive, turn, ticket)
+        return relay, self._chat_events(relay, settings, sid, user, prompt, history, key)
 
     async def _chat_events(
         self,
@@ -193,6 +212,7 @@ class ChatService:
         user: Message,
         prompt: Prompt,
         history: Sequence[Message],
+        key: str,
     ) -> AsyncIterator[dict[str, Any]]:
         yield {"session_id": sid}
         parts: list[str] = []
@@ -210,7 +230,7 @@ class ChatService:
         except ChatError as exc:
             yield {"error": exc}
             return
-        result = await self._record(settings, sid, user, "".join(parts), usage, prompt, history)
+        result = await self._record(settings, sid, user, "".join(parts), usage, prompt, history, key)
         yield {"done": result}
 
     # -- OpenAI-compatible, stateless (/v1/chat/completions) ---------------------------

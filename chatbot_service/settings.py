@@ -8,6 +8,8 @@ and in the environment (``KUBECHAT_`` + upper case), so one name means one thing
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -15,9 +17,12 @@ from typing import Any
 
 from chatbot_service.conversation import Budget
 from chatbot_service.models import ModelInfo, lookup
+from chatbot_service.policy import Access, Limits, PolicyError, parse_access, parse_limits
 
 #: Keys whose values are secrets: never echoed in errors or logs.
-SECRET_KEYS = frozenset({"openai_api_key", "redis_url"})
+SECRET_KEYS = frozenset({"openai_api_key", "redis_url", "api_keys"})
+#: Settings parsed after the others, because they depend on them (the bot's name, its model).
+POLICY_KEYS = frozenset({"access", "limits", "api_keys"})
 
 
 class Secret:
@@ -77,6 +82,9 @@ class Settings:
     session_store: str = "memory"
     redis_url: Secret | None = None
     bot_name: str = "kubechat"
+    access: Access | None = None
+    limits: Limits | None = None
+    api_keys: tuple[tuple[str, Secret], ...] = ()
     ignored_keys: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -191,7 +199,43 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "bot_name": _text,
 }
 
-KNOWN_KEYS = frozenset(_PARSERS)
+KNOWN_KEYS = frozenset(_PARSERS) | POLICY_KEYS
+
+
+def _api_keys(raw: str) -> tuple[tuple[str, Secret], ...]:
+    """``{"client-name": "key", ...}`` (read from the mounted keys Secret); values never shown."""
+    from chatbot_service.identity import KEY_NAME
+
+    try:
+        entries = json.loads(raw)
+    except ValueError:
+        raise ValueError("must be a JSON object of name -> key") from None
+    if not isinstance(entries, dict):
+        raise ValueError("must be a JSON object of name -> key")
+    keys = []
+    for name, key in sorted(entries.items()):
+        if not KEY_NAME.match(name):
+            raise ValueError(f"entry {name[:64]!r} is not a valid identity (letters, digits, . _ -)")
+        if not isinstance(key, str) or len(key.strip()) < 16:
+            raise ValueError(f"entry {name!r}: the key must be at least 16 characters")
+        keys.append((name, Secret(key.strip())))
+    return tuple(keys)
+
+
+def _policies(settings: Settings, values: Mapping[str, str], problems: list[str]) -> Settings:
+    """``access``, ``limits`` and ``api_keys``, which need the bot's name and model."""
+    parsed: dict[str, Any] = {}
+    for key, parse in (
+        ("access", lambda raw: parse_access(raw, settings.bot_name)),
+        ("limits", lambda raw: parse_limits(raw, settings.model)),
+        ("api_keys", _api_keys),
+    ):
+        if key in values:
+            try:
+                parsed[key] = parse(values[key])
+            except (PolicyError, ValueError) as exc:
+                problems.append(str(exc) if isinstance(exc, PolicyError) else f"{key}: {exc}")
+    return dataclasses.replace(settings, **parsed) if parsed else settings
 
 
 def parse_settings(values: Mapping[str, str]) -> Settings:
@@ -210,9 +254,10 @@ def parse_settings(values: Mapping[str, str]) -> Settings:
         except ValueError as exc:
             shown = "" if key in SECRET_KEYS else f" (got {raw[:80]!r})"
             problems.append(f"{key}: {exc}{shown}")
-    ignored = tuple(sorted(k for k in values if k not in _PARSERS))
+    ignored = tuple(sorted(k for k in values if k not in KNOWN_KEYS))
     settings = Settings(**parsed, ignored_keys=ignored) if not problems else None
     if settings is not None:
+        settings = _policies(settings, values, problems)
         window = settings.budget.context_tokens
         if settings.max_reply_tokens >= window:
             problems.append(

@@ -2,13 +2,16 @@
 
 Layers, later wins: the environment (local runs), then Azure App Configuration (added by
 ``appconfig``), then ``KUBECHAT_CONFIG_DIR`` (the ChatBot's explicit spec, mounted by the operator as
-a ConfigMap, one file per canonical key), then ``KUBECHAT_OPENAI_API_KEY_FILE`` (a mounted Secret).
+a ConfigMap, one file per canonical key), then ``KUBECHAT_OPENAI_API_KEY_FILE`` (a mounted Secret), and
+``KUBECHAT_API_KEYS_DIR``: the bot's client keys, a mounted Secret with one file per client (the file's
+name is the client's identity, its content the key), never an environment variable.
 Files are re-read on every reload, so a rotated Secret or an edited ConfigMap reaches a running pod
 without a restart.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +29,7 @@ def from_environ(environ: Mapping[str, str]) -> dict[str, str]:
     for name, value in environ.items():
         if name.startswith(ENV_PREFIX):
             key = name[len(ENV_PREFIX) :].lower()
-            if key in KNOWN_KEYS:
+            if key in KNOWN_KEYS and key != "api_keys":  # client keys come from files only
                 values[key] = value
     return values
 
@@ -57,4 +60,9 @@ def read_local(
     key_file = environ.get("KUBECHAT_OPENAI_API_KEY_FILE")
     if key_file and os.path.exists(key_file):
         values["openai_api_key"] = Path(key_file).read_text(encoding="utf-8")
+    keys_dir = environ.get("KUBECHAT_API_KEYS_DIR")
+    if keys_dir:
+        # A missing directory is no keys (the Secret is mounted optional): every key is refused.
+        keys = read_config_dir(Path(keys_dir)) if os.path.isdir(keys_dir) else {}
+        values["api_keys"] = json.dumps(keys, sort_keys=True)
     return values

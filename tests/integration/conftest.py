@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 import pytest
 
 from chatbot_service.app import create_app
 from tests.support.bot_process import bot_environment
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.redis_server import RedisServer
 from tests.support.servers import ThreadedServer, serving
 
 API_KEY = "sk-test-4f8a1c2e9b7d"
+REDIS_PASSWORD = "redis-pass-7c1e"
 
 
 @pytest.fixture
@@ -44,3 +47,13 @@ def start_bot() -> BotFactory:
 def bot(start_bot: BotFactory, bot_env: dict[str, str]) -> Iterator[ThreadedServer]:
     with start_bot(bot_env) as server:
         yield server
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server with a password, on a free port."""
+    server = RedisServer(tmp_path, REDIS_PASSWORD).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.localcluster import ClusterInfo
+from localcluster.cluster import ClusterInfo
 from tests.integration.test_operator import Bots, bot_manifest
 from tests.support.operator import Operator, install_crds, kubectl
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,58 +15,18 @@ import pytest
 from chatbot_service.redis_store import describe_url
 from tests.cluster.polling import eventually
 from tests.integration.conftest import API_KEY
+from tests.integration.conftest import REDIS_PASSWORD as PASSWORD
 from tests.support.fake_openai import FakeOpenAI, Fault
 from tests.support.redis_server import RedisServer
-from tests.support.servers import assert_serialized, concurrent_turns, free_port
-
-PASSWORD = "redis-pass-7c1e"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path, PASSWORD).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-class Bot:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chatbot_service.cli", "serve", "--port", str(self.port)],
-            env=env,
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_up(self) -> Bot:
-        def up() -> None:
-            assert self.proc.poll() is None, self.log.read_text()
-            httpx2.get(self.url + "/healthz", timeout=1).raise_for_status()
-
-        eventually(up, timeout=30, what="the bot process serving")
-        return self
-
-    def chat(self, message: str, session_id: str | None = None) -> httpx2.Response:
-        return httpx2.post(
-            self.url + "/chat", json={"message": message, "session_id": session_id}, timeout=30
-        )
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=15)
+from tests.support.replicas import Bot, Replicas
+from tests.support.servers import assert_serialized, concurrent_turns
 
 
 @pytest.fixture
 def start_bots(
     bot_env: dict[str, str], redis_server: RedisServer, tmp_path: Path
 ) -> Iterator[Callable[[int], list[Bot]]]:
-    started: list[Bot] = []
+    replicas = Replicas(tmp_path)
 
     def start(count: int) -> list[Bot]:
         env = {
@@ -79,15 +37,10 @@ def start_bots(
             "KUBECHAT_BOT_NAME": "helpdesk",
             "KUBECHAT_REQUEST_TIMEOUT": "5",
         }
-        bots = [Bot(env, tmp_path / f"bot{len(started) + i}.log") for i in range(count)]
-        started.extend(bots)
-        return [b.wait_up() for b in bots]
+        return replicas.start(env, count)
 
     yield start
-    for b in started:
-        b.stop()
-    logs = "".join(b.log.read_text() for b in started)
-    assert PASSWORD not in logs and API_KEY not in logs, "a secret reached the bot's log"
+    replicas.stop((PASSWORD, API_KEY))
 
 
 def test_turns_alternating_between_replicas_keep_one_conversation(

@@ -656,11 +656,17 @@ def test_info_names_the_bot_and_never_a_secret(start_bot: BotFactory, bot_env: d
     with start_bot(bot_env | {"KUBECHAT_BOT_NAME": "helpdesk"}) as bot:
         response = httpx2.get(bot.url + "/info")
         assert response.status_code == 200
-        assert response.json() == {"name": "helpdesk", "model": "gpt-4o-mini", "ready": True}
+        assert response.json() == {
+            "name": "helpdesk",
+            "model": "gpt-4o-mini",
+            "ready": True,
+            "auth_required": False,
+        }
         assert API_KEY not in response.text and API_KEY[3:] not in response.text
     with start_bot({k: v for k, v in bot_env.items() if k != "OPENAI_API_KEY"}) as bot:
         assert httpx2.get(bot.url + "/info").json() == {
             "name": "kubechat",
             "model": "gpt-4o-mini",
             "ready": False,
+            "auth_required": False,
         }
