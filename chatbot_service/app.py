@@ -173,6 +173,8 @@ def create_app(
 
     @app.exception_handler(ChatError)
     async def on_chat_error(_: Request, exc: ChatError) -> JSONResponse:
+        if exc.refusal:
+            metrics.refusals.labels(exc.refusal).inc()
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)

@@ -16,6 +16,7 @@ class ChatError(Exception):
     type = "server_error"
     code = "internal_error"
     param: str | None = None
+    refusal: str | None = None  # why access control turned the request away, for the metrics
 
     def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
@@ -127,6 +128,7 @@ class SessionStoreUnavailable(ChatError):
 
 class Unauthenticated(ChatError):
     """No credential, or one that is not valid; says nothing that would help guessing."""
+    refusal = "unauthenticated"  # counted in kubechat_refusals_total
 
     status = 401
     type = "invalid_request_error"
@@ -141,6 +143,7 @@ class Unauthenticated(ChatError):
 
 class Forbidden(ChatError):
     """A known identity that this bot does not allow, or not for this."""
+    refusal = "forbidden"  # counted in kubechat_refusals_total
 
     status = 403
     type = "invalid_request_error"
@@ -149,6 +152,7 @@ class Forbidden(ChatError):
 
 class RateLimited(ChatError):
     """Over a per-minute limit (OpenAI's ``rate_limit_exceeded``; type ``requests`` or ``tokens``)."""
+    refusal = "rate_limited"  # counted in kubechat_refusals_total
 
     status = 429
     code = "rate_limit_exceeded"
@@ -160,6 +164,7 @@ class RateLimited(ChatError):
 
 class QuotaExceeded(ChatError):
     """Over a day, week or month budget (OpenAI's ``insufficient_quota``)."""
+    refusal = "budget_exhausted"  # counted in kubechat_refusals_total
 
     status = 429
     type = "insufficient_quota"
@@ -168,6 +173,7 @@ class QuotaExceeded(ChatError):
 
 class LimitsUnavailable(ChatError):
     """The shared counters (Redis) cannot be reached and the bot refuses rather than count nothing."""
+    refusal = "limits_unavailable"  # counted in kubechat_refusals_total
 
     status = 503
     type = "server_error"

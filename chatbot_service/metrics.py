@@ -42,7 +42,7 @@ FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 
 OTHER = "other"
 ANONYMOUS = "anonymous"  # the identity of callers of a bot without access control
-REFUSAL_REASONS = ("unauthenticated", "forbidden", "rate_limited", "budget_exhausted")
+REFUSAL_REASONS = ("unauthenticated", "forbidden", "rate_limited", "budget_exhausted", "limits_unavailable")
 MAX_MODELS = 20
 MAX_IDENTITIES = 100
 
