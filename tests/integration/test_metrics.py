@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import BotFactory
 from tests.support.fake_openai import FakeOpenAI, Fault
+from tests.support.mounted import write_keys
 from tests.support.servers import ThreadedServer
 
 Labels = dict[str, str]
@@ -206,3 +207,51 @@ def test_settings_reloads_and_their_failures(
         ):
             assert time.monotonic() < deadline, "no reload counted"
             time.sleep(0.05)
+
+
+def test_usage_by_identity_and_refusals_by_reason(
+    start_bot: BotFactory, bot_env: dict[str, str], tmp_path: Path
+) -> None:
+    keys = tmp_path / "api-keys"
+    write_keys(keys, {"team-a": "kc-team-a-1f2e3d4c5b6a", "team-b": "kc-team-b-6a5b4c3d2e1f"})
+    bot_env |= {
+        "KUBECHAT_ACCESS": '{"apiKeys": {}}',
+        "KUBECHAT_API_KEYS_DIR": str(keys),
+        "KUBECHAT_LIMITS": '{"perIdentity": {"requestsPerMinute": 2}}',
+    }
+    with start_bot(bot_env) as bot:
+        before = Scrape(bot)
+        replies = []
+        for key in ("kc-team-a-1f2e3d4c5b6a", "kc-team-a-1f2e3d4c5b6a", "kc-team-b-6a5b4c3d2e1f"):
+            answer = httpx2.post(
+                bot.url + "/chat",
+                json={"message": "hi"},
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=10,
+            )
+            assert answer.status_code == 200, answer.text
+            replies.append(answer.json())
+        third = httpx2.post(
+            bot.url + "/chat",
+            json={"message": "hi"},
+            headers={"Authorization": "Bearer kc-team-a-1f2e3d4c5b6a"},
+            timeout=10,
+        )
+        assert third.status_code == 429
+        assert httpx2.post(bot.url + "/chat", json={"message": "hi"}, timeout=10).status_code == 401
+        after = Scrape(bot)
+        text = httpx2.get(bot.url + "/metrics", timeout=10).text
+    team_a = sum(r["usage"]["prompt_tokens"] for r in replies[:2])
+    assert (
+        delta(before, after, "kubechat_identity_tokens_total", identity="team-a", gen_ai_token_type="input")
+        == team_a
+    )
+    assert (
+        delta(before, after, "kubechat_identity_tokens_total", identity="team-b", gen_ai_token_type="input")
+        == (replies[2]["usage"]["prompt_tokens"])
+    )
+    # gpt-4o-mini has a price: every answered turn cost something, and nothing else did.
+    assert delta(before, after, "kubechat_identity_cost_usd_total", identity="team-a") > 0
+    assert delta(before, after, "kubechat_refusals_total", reason="rate_limited") == 1
+    assert delta(before, after, "kubechat_refusals_total", reason="unauthenticated") == 1
+    assert "kc-team-a" not in text and "kc-team-b" not in text  # identities are names, never keys
