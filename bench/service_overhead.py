@@ -526,15 +526,9 @@ class Bench:
             self.profile("bare-v1-plain", pid, url, "plain", ["-body", completion_body(False)])
         self.stop_current("bare pass-through")
 
-        port = free_port()
-        base_url = f"http://127.0.0.1:{port}"
-        argv = [self.kubechat, "serve", "--host", "127.0.0.1", "--port", str(port)]
-        argv += ["--log-level", self.args.log_level]
-        pid = self.start_python("kubechat", argv, env, "/readyz", port)
-        self.prime("kubechat", pid, base_url + "/v1/chat/completions")
-        for mode in ("plain", "stream"):
-            self.measure("kubechat", base_url, "/v1/chat/completions", mode, mode, pid)
-        self.measure("kubechat", base_url, "/chat", "chat", "plain", pid)
+        if self.args.baseline:  # another build of kubechat, measured the same way in the same run
+            self.kubechat_rows("kubechat (baseline)", str(self.args.baseline), env)
+        base_url, pid = self.kubechat_rows("kubechat", self.kubechat, env)
         self.turn_costs(base_url)
         if self.args.profile:
             url = base_url + "/v1/chat/completions"
@@ -544,6 +538,21 @@ class Bench:
         self.stop_current("kubechat")
         if self.args.redis:
             self.redis_rows(env)
+
+    def kubechat_rows(self, name: str, kubechat: str, env: dict[str, str]) -> tuple[str, int]:
+        """Start ``kubechat serve`` from ``kubechat`` and measure both routes; it is stopped by the caller."""
+        port = free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        argv = [kubechat, "serve", "--host", "127.0.0.1", "--port", str(port)]
+        argv += ["--log-level", self.args.log_level]
+        pid = self.start_python(name, argv, env, "/readyz", port)
+        self.prime(name, pid, base_url + "/v1/chat/completions")
+        for mode in ("plain", "stream"):
+            self.measure(name, base_url, "/v1/chat/completions", mode, mode, pid)
+        self.measure(name, base_url, "/chat", "chat", "plain", pid)
+        if name != "kubechat":
+            self.stop_current(name)
+        return base_url, pid
 
     def redis_rows(self, env: dict[str, str]) -> None:
         """The same /chat session mix with sessions in Redis: what sharing them across replicas costs."""
@@ -624,6 +633,8 @@ def reference_columns(bench: Bench, direct: dict[tuple[str, int], float]) -> lis
     targets = [
         ("direct (the limit)", "/v1/chat/completions"),
         ("bare pass-through", "/v1/chat/completions"),
+        ("kubechat (baseline)", "/v1/chat/completions"),
+        ("kubechat (baseline)", "/chat"),
         ("kubechat", "/v1/chat/completions"),
         ("kubechat", "/chat"),
     ]
@@ -632,7 +643,7 @@ def reference_columns(bench: Bench, direct: dict[tuple[str, int], float]) -> lis
         of_target = [r for r in bench.rows if r.target == target and r.route == route]
         if not of_target:
             continue
-        cells: list[object] = [f"{target} `{route}`" if target == "kubechat" else target]
+        cells: list[object] = [f"{target} `{route}`" if target.startswith("kubechat") else target]
         for mode in ("chat", "none") if route == "/chat" else ("plain", "stream"):
             of_mode = [r for r in of_target if r.mode == mode]
             at_1 = [r.load.p50 - direct[(r.base, 1)] for r in of_mode if r.concurrency == 1]
@@ -770,6 +781,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="skip the /chat rows with sessions in Redis (redis-server, on the load generator's CPU)",
     )
     parser.add_argument("--logs", type=Path, help="keep the servers' logs in this folder")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="the kubechat executable of another build (e.g. main's venv), measured beside this one",
+    )
     args = parser.parse_args(argv)
     if args.pin and (shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2):
         print("service_overhead: taskset or a second CPU is missing; running unpinned", file=sys.stderr)
