@@ -21,7 +21,14 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 # `_created` series double the exposition for nothing Prometheus needs from a bot.
@@ -103,6 +110,8 @@ class Metrics:
         self.models = Bounded(MAX_MODELS)
         self.identities = Bounded(MAX_IDENTITIES)
         r = self.registry
+        # process_resident_memory_bytes (against the pod's limit), CPU seconds, open fds, start time.
+        ProcessCollector(registry=r)
         self.token_usage = Histogram(
             "gen_ai_client_token_usage",
             "Number of input and output tokens used (GenAI semantic conventions).",

@@ -84,6 +84,8 @@ def test_plain_turns_count_once_each_with_the_tokens_the_upstream_reported(bot: 
     assert delta(before, after, "kubechat_http_requests_total", route="/chat", status_class="2xx") == 3
     assert after.value("kubechat_active_sessions") == before.value("kubechat_active_sessions") + 3
     assert delta(before, after, "kubechat_session_store_duration_seconds_count", operation="append") == 3
+    # The process's own memory, to compare with the pod's limit.
+    assert 10 << 20 < after.value("process_resident_memory_bytes") < 1 << 32
 
 
 def test_streams_report_time_to_first_token_and_per_output_token(
