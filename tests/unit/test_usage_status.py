@@ -1,0 +1,62 @@
+"""Folding pods' counters into a bot's usage: sums that never drop, restarts, gone pods, windows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubechat_operator.usage import Counts, Reading, counts_from_samples, fold
+
+HOUR = 3600.0
+T0 = 1_800_000_000.0  # a fixed instant; only differences matter
+
+
+def read(uid: str, started: float, requests: int, tokens: int = 0, cost_nano: int = 0) -> Reading:
+    return Reading(uid, started, Counts(requests, 0, tokens, tokens, cost_nano))
+
+
+def test_growth_is_counted_once_and_a_gone_pod_keeps_its_share() -> None:
+    usage = fold(None, [read("a", 1.0, 5), read("b", 2.0, 3)], ["a", "b"], T0)
+    assert usage["total"]["requests"] == 8
+    usage = fold(usage, [read("a", 1.0, 7)], ["a"], T0 + 60)  # b is gone: its 3 stay counted
+    assert usage["total"]["requests"] == 10
+    assert set(usage["pods"]) == {"a"}  # what is kept is bounded by the pods alive
+
+
+def test_a_restarted_process_counts_from_zero() -> None:
+    usage = fold(None, [read("a", 1.0, 5)], ["a"], T0)
+    usage = fold(usage, [read("a", 9.0, 2)], ["a"], T0 + 60)  # new start time: 2 more, not -3
+    assert usage["total"]["requests"] == 7
+
+
+def test_a_pod_that_could_not_be_read_is_not_counted_twice() -> None:
+    usage = fold(None, [read("a", 1.0, 5)], ["a"], T0)
+    usage = fold(usage, [], ["a"], T0 + 60)  # exists, unreadable this time
+    usage = fold(usage, [read("a", 1.0, 6)], ["a"], T0 + 120)
+    assert usage["total"]["requests"] == 6
+
+
+def test_windows_forget_what_is_older_than_they_are() -> None:
+    usage = fold(None, [read("a", 1.0, 4, tokens=10, cost_nano=2_500_000)], ["a"], T0)
+    usage = fold(usage, [read("a", 1.0, 5, tokens=11, cost_nano=2_500_000)], ["a"], T0 + 2 * HOUR)
+    assert usage["total"]["requests"] == 5 and usage["total"]["tokens"] == 22
+    assert usage["lastHour"]["requests"] == 1 and usage["lastHour"]["tokens"] == 2
+    assert usage["last24Hours"]["requests"] == 5
+    assert usage["total"]["cost"] == "0.0025"
+    usage = fold(usage, [read("a", 1.0, 5, tokens=11, cost_nano=2_500_000)], ["a"], T0 + 30 * HOUR)
+    assert usage["last24Hours"]["requests"] == 0 and usage["total"]["requests"] == 5
+    assert len(usage["long"]) <= 24 and len(usage["short"]) <= 12
+
+
+def test_counts_from_the_bots_own_metric_names() -> None:
+    samples: list[tuple[str, dict[str, Any], float]] = [
+        ("gen_ai_server_request_duration_seconds_count", {"error_type": ""}, 7.0),
+        ("gen_ai_server_request_duration_seconds_count", {"error_type": "upstream_timeout"}, 2.0),
+        ("kubechat_identity_tokens_total", {"identity": "team-a", "gen_ai_token_type": "input"}, 100.0),
+        ("kubechat_identity_tokens_total", {"identity": "team-b", "gen_ai_token_type": "input"}, 50.0),
+        ("kubechat_identity_tokens_total", {"identity": "team-a", "gen_ai_token_type": "output"}, 30.0),
+        ("kubechat_identity_cost_usd_total", {"identity": "team-a"}, 0.0125),
+        ("process_start_time_seconds", {}, 1234.5),
+    ]
+    started, counts = counts_from_samples(samples)
+    assert started == 1234.5
+    assert counts == Counts(requests=9, errors=2, input_tokens=150, output_tokens=30, cost_nano=12_500_000)
