@@ -102,8 +102,10 @@ class LocalCluster:
     tie_to_parent the kernel also kills the components if this process dies without cleaning up (used by
     pytest; not by the `up` CLI, which exits and leaves the cluster running).
 
-    With real_node, the calling thread moves into the cluster's network namespace during start() (so it can
-    reach the API server and pods) and back at stop().
+    With real_node, the calling thread moves into the cluster's network namespace during start() (to check
+    each component's health on the namespace's loopback); with stay_in_namespace it stays there (so it can
+    reach the API server and pods) until stop(), else it moves back at the end of start() and reaches
+    them through relays (relay.py).
     """
 
     def __init__(
@@ -115,8 +117,10 @@ class LocalCluster:
         data_parent: Path | None = None,
         real_node: bool = False,
         images: Sequence[Path] | None = None,
+        stay_in_namespace: bool = True,
     ) -> None:
         self.workdir = workdir.resolve()
+        self.stay_in_namespace = stay_in_namespace
         self.real_node = real_node
         self.images = images  # real node: OCI archives to import; None: node_images()
         self.node_names = [node.NODE_NAME] if real_node else [f"kwok-node-{i}" for i in range(nodes)]
@@ -142,6 +146,8 @@ class LocalCluster:
         except BaseException:
             self.stop()
             raise
+        if not self.stay_in_namespace:
+            self._leave_network()
         return self.info()
 
     def info(self) -> ClusterInfo:
@@ -271,11 +277,20 @@ class LocalCluster:
         stop([p for p in self.processes if p.name == "containerd"], STOP_TIMEOUT)
         self.processes = [p for p in self.processes if p.name not in ("kubelet", "kube-proxy", "containerd")]
 
-    def _stop_namespace(self) -> None:
+    def _leave_network(self) -> None:
+        """This thread back in the network namespace it was in before start()."""
         if self._host_netns is not None:
             node.switch_network(self._host_netns)
             os.close(self._host_netns)
             self._host_netns = None
+
+    @property
+    def netns(self) -> str | None:
+        """The cluster's network namespace (a real node's), for relays and sockets made in there."""
+        return f"/proc/{self.holder.pid}/ns/net" if self.holder is not None else None
+
+    def _stop_namespace(self) -> None:
+        self._leave_network()
         if self.holder is not None:
             node.kill_all(node.namespace_members(self.holder.pid))  # anything a test left running in it
             stop([self.holder], STOP_TIMEOUT)

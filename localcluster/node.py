@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -330,6 +330,31 @@ def kube_proxy_argv(binary: Path, layout: NodeLayout) -> list[str]:
     return [str(binary), "--config", str(layout.kube_proxy_config), "--v", "1"]
 
 
+def standalone_containerd(folder: Path) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """A containerd of its own (root, state and socket under `folder`, no CRI plugin), outside any node:
+    for importing images on their own (tests, bench/image_import.py). Returns it and its `ctr` command
+    once it answers; the caller terminates it and removes `folder`. Keep `folder` short (socket paths)."""
+    socket = folder / "containerd.sock"
+    (folder / "config.toml").write_text(
+        f'version = 2\nroot = "{folder}/root"\nstate = "{folder}/state"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{socket}"\n'
+        f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{folder}/opt"\n'
+    )
+    with (folder / "containerd.log").open("wb") as log:
+        proc = subprocess.Popen(
+            ["containerd", "--config", str(folder / "config.toml")], stdout=log, stderr=subprocess.STDOUT
+        )
+    command = ["ctr", "--address", str(socket), "--namespace", "k8s.io"]
+    deadline = time.monotonic() + 30
+    while subprocess.run([*command, "version"], capture_output=True).returncode != 0:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise NodeError(f"containerd did not start; see {folder / 'containerd.log'}")
+        time.sleep(0.2)
+    return proc, command
+
+
 def ctr(holder_pid: int, layout: NodeLayout, *args: str) -> str:
     """containerd's own CLI on the Kubernetes namespace (where the kubelet looks for images)."""
     argv = ["ctr", "--address", str(layout.containerd_socket), "--namespace", "k8s.io", *args]
@@ -446,6 +471,22 @@ def remove_cgroups(cgroup_root: str, timeout: float = 10.0) -> list[Path]:
 
 # ---- this process's network namespace ----------------------------------------------------------------------
 _CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def network_of(target: str | None) -> Iterator[None]:
+    """The calling thread in the network namespace `target` (a path such as /proc/PID/ns/net) for the block,
+    then back where it was; None: stay. For creating sockets there: a socket stays in the namespace it was
+    made in, whichever thread uses it afterwards."""
+    if target is None:
+        yield
+        return
+    previous = switch_network(target)
+    try:
+        yield
+    finally:
+        switch_network(previous)
+        os.close(previous)
 
 
 def switch_network(target: str | int) -> int:

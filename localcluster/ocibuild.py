@@ -36,6 +36,7 @@ from pathlib import Path
 
 from localcluster import cache, encodings
 from localcluster.errors import BuildError
+from localcluster.progress import step
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "images"
@@ -535,7 +536,7 @@ def _cached(archive: ImageArchive, key: str, make_root: Callable[[Path], Path]) 
             if os.geteuid() != 0:
                 raise BuildError("building images needs root (mmdebstrap --mode=root, unshare, chroot)")
             stamp.unlink(missing_ok=True)
-            with _scratch() as work:
+            with _scratch() as work, step(f"building the image {archive.reference}"):
                 _write_archive(archive, make_root(work), work)
             stamp.write_text(key)
     return archive
@@ -564,7 +565,8 @@ def _base_rootfs(suite: str) -> Path:
         if not mmdebstrap:
             raise BuildError("mmdebstrap is missing (apt-get install mmdebstrap)")
         partial = target.with_name(target.name + ".partial")
-        _command([mmdebstrap, *argv, str(partial)], "mmdebstrap")
+        with step(f"making the Debian {suite} base of the images (mmdebstrap, from Debian's mirror)"):
+            _command([mmdebstrap, *argv, str(partial)], "mmdebstrap")
         partial.rename(target)
     return target
 
@@ -620,7 +622,7 @@ def _wheelhouse(recipe: _Recipe, base: Path) -> Path:
     target = cache_dir() / f"wheels-{_digest([base.name, _context_digest(recipe)])[:16]}"
     if target.is_dir():
         return target
-    with _scratch() as work:
+    with _scratch() as work, step("fetching the images' Python wheels (pip, from the package index)"):
         root = _unpack(base, work / "resolve")
         for origin, dest in _context_files(recipe):
             _inside(root, dest).parent.mkdir(parents=True, exist_ok=True)

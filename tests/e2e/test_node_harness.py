@@ -4,7 +4,7 @@ file of the node is left.
 
 Each test starts a node of its own with only the pause image (seconds to import), so it can also kill one.
 The host is read through PID 1's namespaces, which is right even when pytest itself runs inside a cluster's
-namespace (`localcluster.py exec`).
+namespace (`python3 -m localcluster exec`).
 """
 
 from __future__ import annotations

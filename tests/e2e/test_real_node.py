@@ -1,7 +1,8 @@
 """End to end on a real node: the operator's Deployments run the chat service image in real pods (containerd,
 runc, the kubelet's probes, kube-proxy), and the tests talk to each bot through its Service's ClusterIP with
-the official `openai` client, as a client inside the cluster would. The bots' upstream is a local
-OpenAI-compatible server on the node IP, so the tests see exactly what each pod sent.
+the official `openai` client, as a client inside the cluster would (from outside the cluster's network
+namespace, through relays: tests/cluster/pytest_plugin.py). The bots' upstream is a local OpenAI-compatible
+server listening on the node IP inside the namespace, so the tests see exactly what each pod sent.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import pytest
 from kubernetes import client
 
 from localcluster.cluster import ClusterInfo
-from localcluster.node import NODE_IP
+from localcluster.node import NODE_IP, network_of
 from tests.cluster.polling import eventually
+from tests.cluster.pytest_plugin import RealNode
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.operator import Operator, install_crds, kubectl
 from tests.support.servers import ThreadedServer
@@ -31,10 +33,13 @@ KEY, ROTATED_KEY = f"sk-e2e-{secrets.token_hex(8)}", f"sk-e2e-rotated-{secrets.t
 
 
 @pytest.fixture(scope="module")
-def upstream(real_cluster: ClusterInfo) -> Iterator[FakeOpenAI]:
-    """The bots' OpenAI endpoint, on the node IP: pods reach it through their bridge's gateway."""
+def upstream(real_node: RealNode) -> Iterator[FakeOpenAI]:
+    """The bots' OpenAI endpoint, on the node IP: pods reach it through their bridge's gateway. Its socket
+    is made inside the cluster's namespace (the node IP exists only there); it serves from this process."""
     fake = FakeOpenAI(api_keys={KEY, ROTATED_KEY})
-    server = ThreadedServer(fake.app, host=NODE_IP).start()
+    with network_of(real_node.reach.netns):
+        server = ThreadedServer(fake.app, host=NODE_IP)
+    server.start()
     fake.url = f"{server.url}/v1"
     try:
         yield fake
@@ -63,8 +68,8 @@ def operator(real_cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory
 class Bot:
     """One ChatBot in a test namespace, and what the tests read of it."""
 
-    def __init__(self, cluster: ClusterInfo, api: Any, namespace: str, name: str) -> None:
-        self.cluster, self.ns, self.name = cluster, namespace, name
+    def __init__(self, node: RealNode, api: Any, namespace: str, name: str) -> None:
+        self.cluster, self.reach, self.ns, self.name = node.info, node.reach, namespace, name
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
 
@@ -120,8 +125,10 @@ class Bot:
 
     @property
     def url(self) -> str:
+        """The bot's Service (its ClusterIP, port 80), through a relay into the namespace."""
         ip = self.core.read_namespaced_service(self.name, self.ns).spec.cluster_ip
-        return f"http://{ip}"
+        assert ip, f"service {self.ns}/{self.name} has no ClusterIP"
+        return f"http://{self.reach.address(ip, 80)}"
 
 
 def _pod_ready(pod: Any) -> bool:
@@ -129,8 +136,8 @@ def _pod_ready(pod: Any) -> bool:
 
 
 @pytest.fixture
-def bot(real_cluster: ClusterInfo, real_kube_api: Any, real_namespace: str, operator: Operator) -> Bot:
-    return Bot(real_cluster, real_kube_api, real_namespace, "helpdesk")
+def bot(real_node: RealNode, real_kube_api: Any, real_namespace: str, operator: Operator) -> Bot:
+    return Bot(real_node, real_kube_api, real_namespace, "helpdesk")
 
 
 def create_key_secret(bot: Bot, key: str) -> None:
@@ -258,7 +265,9 @@ def test_a_missing_key_heals_and_a_rotated_key_reaches_running_pods(bot: Bot, up
     pod = eventually(not_ready_for_the_key, timeout=READY_TIMEOUT, interval=0.5, what="pod up, key missing")
     # Running is not listening yet: poll the pod's own port until the service answers.
     readyz = eventually(
-        lambda: httpx.get(f"http://{pod.status.pod_ip}:8080/readyz", timeout=5), timeout=30, what="/readyz"
+        lambda: httpx.get(f"http://{bot.reach.address(pod.status.pod_ip, 8080)}/readyz", timeout=5),
+        timeout=30,
+        what="/readyz",
     )
     assert readyz.status_code == 503
     assert "openai_api_key" in readyz.text and KEY not in readyz.text

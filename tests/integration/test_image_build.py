@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from chatbot_service.encodings import ENCODINGS, cache_name
-from localcluster import ocibuild
+from localcluster import node, ocibuild
 from localcluster.errors import BuildError
 from tests.cluster.polling import eventually
 
@@ -412,23 +412,12 @@ def containerd() -> Iterator[list[str]]:
     if not shutil.which("containerd") or not shutil.which("ctr"):
         pytest.skip("containerd and ctr are needed")
     folder = Path(tempfile.mkdtemp(prefix="ctd-", dir="/tmp"))  # short: a unix socket path has 108 bytes
-    socket = folder / "containerd.sock"
-    (folder / "config.toml").write_text(
-        f'version = 2\nroot = "{folder}/root"\nstate = "{folder}/state"\n'
-        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
-        f'[grpc]\n  address = "{socket}"\n'
-        f'[plugins."io.containerd.internal.v1.opt"]\n  path = "{folder}/opt"\n'
-    )
-    log = (folder / "containerd.log").open("wb")
-    proc = subprocess.Popen(["containerd", "--config", str(folder / "config.toml")], stdout=log, stderr=log)
-    ctr = ["ctr", "--address", str(socket), "--namespace", "k8s.io"]
+    proc, ctr = node.standalone_containerd(folder)
     try:
-        eventually(lambda: subprocess.run([*ctr, "version"], check=True, capture_output=True), timeout=30)
         yield ctr
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-        log.close()
         shutil.rmtree(folder)
 
 
