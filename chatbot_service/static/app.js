@@ -3,9 +3,25 @@
 // under a path prefix): GET info, POST chat with "stream": true (Server-Sent Events), GET and DELETE
 // sessions/{id}. Text from the user only ever goes into the page as textContent; a reply only as sanitized
 // Markdown nodes.
-import { call, describe, forgetKey, onKeyNeeded, sentence, storedKey } from "./api.js";
+import { call, describe, sentence } from "./api.js";
 import * as history from "./history.js";
-import { markdownAvailable, renderMarkdown } from "./markdown.js";
+import {
+  addBot,
+  addBotReply,
+  addError,
+  addMeta,
+  addNotice,
+  addUser,
+  announce,
+  botText,
+  button,
+  el,
+  formatTokens,
+  icon,
+  settle,
+} from "./messages.js";
+import { setUpSignIn, signInOpen } from "./signin.js";
+import { events } from "./sse.js";
 
 const $ = (id) => document.getElementById(id);
 const shell = $("shell");
@@ -17,11 +33,9 @@ const stop = $("stop");
 const newChat = $("new-chat");
 const statusLine = $("status");
 const tokensLine = $("tokens");
-const announcer = $("announce");
 const list = $("conversations");
 const noConversations = $("no-conversations");
 const toggleSide = $("toggle-side");
-const signOut = $("sign-out");
 
 // Keyboard hints mean nothing on a touch screen.
 const TOUCH = matchMedia("(pointer: coarse)").matches;
@@ -38,224 +52,11 @@ const state = {
   name: "kubechat",
 };
 
-// -- small DOM helpers ----------------------------------------------------------------------------
-
-function el(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-function icon(path) {
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("viewBox", "0 0 24 24");
-  svg.setAttribute("aria-hidden", "true");
-  const shape = document.createElementNS("http://www.w3.org/2000/svg", "path");
-  shape.setAttribute("d", path);
-  svg.append(shape);
-  return svg;
-}
-
-function button(className, text, title) {
-  const node = el("button", className, text);
-  node.type = "button";
-  if (title) node.title = title;
-  return node;
-}
-
-function announce(text) {
-  announcer.textContent = "";
-  requestAnimationFrame(() => {
-    announcer.textContent = text;
-  });
-}
-
-// Follow the conversation only if the reader is already at the bottom: don't yank them away from
-// something they scrolled up to read.
-function atBottom() {
-  return log.scrollHeight - log.scrollTop - log.clientHeight < 80;
-}
-
-function append(node) {
-  const follow = atBottom();
-  empty.remove();
-  log.append(node);
-  if (follow) log.scrollTop = log.scrollHeight;
-  return node;
-}
-
-function formatTokens(n) {
-  return `${n.toLocaleString()} ${n === 1 ? "token" : "tokens"}`;
-}
 
 function showTokens() {
   tokensLine.textContent = formatTokens(state.tokens);
 }
 
-// -- copying ------------------------------------------------------------------------------------
-
-async function copyText(text) {
-  try {
-    await navigator.clipboard.writeText(text);
-    return true;
-  } catch {
-    // No clipboard API (a plain-http origin that is not localhost): the old way, from a hidden field.
-    const area = el("textarea", "offscreen");
-    area.value = text;
-    area.setAttribute("readonly", "");
-    area.setAttribute("aria-hidden", "true");
-    document.body.append(area);
-    area.select();
-    let copied = false;
-    try {
-      copied = document.execCommand("copy");
-    } catch {
-      copied = false;
-    }
-    area.remove();
-    return copied;
-  }
-}
-
-function copyButton(text, title) {
-  const node = button("copy", "Copy", title);
-  node.addEventListener("click", async () => {
-    const copied = await copyText(text());
-    node.textContent = copied ? "Copied" : "Copy failed";
-    announce(copied ? "Copied to the clipboard." : "The browser did not allow copying.");
-    setTimeout(() => {
-      node.textContent = "Copy";
-    }, 1500);
-  });
-  return node;
-}
-
-// -- messages -------------------------------------------------------------------------------------
-
-function addUser(text) {
-  const msg = el("div", "msg user");
-  msg.append(el("div", "bubble", text));
-  return append(msg);
-}
-
-function addMeta(msg, text) {
-  const meta = el("div", "meta", text);
-  (msg.actions || msg).append(meta);
-  return meta;
-}
-
-function addNotice(text) {
-  return append(el("div", "notice", text));
-}
-
-function addError(title, detail) {
-  const box = el("div", "error");
-  box.setAttribute("role", "alert");
-  const body = el("div");
-  body.append(el("strong", "", title), " ", detail || "");
-  box.append(body);
-  return append(box);
-}
-
-// A bot message starts as three "typing" dots and becomes rendered Markdown with the first delta.
-function addBot() {
-  const msg = el("div", "msg bot typing");
-  msg.setAttribute("aria-busy", "true"); // screen readers wait for the whole reply
-  msg.bubble = el("div", "bubble");
-  msg.bubble.append(el("span"), el("span"), el("span"));
-  msg.actions = el("div", "actions");
-  msg.append(msg.bubble, msg.actions);
-  msg.reply = { text: "", pending: false, nextAt: 0 };
-  return append(msg);
-}
-
-function botText(msg, text, replace) {
-  const reply = msg.reply;
-  reply.text = replace ? text : reply.text + text;
-  if (msg.classList.contains("typing")) {
-    msg.classList.remove("typing");
-    msg.bubble.replaceChildren();
-    msg.bubble.classList.add("md");
-  }
-  scheduleRender(msg);
-}
-
-// Streaming re-renders the whole reply (Markdown is not incremental), at most once per animation frame and,
-// for long replies, no more than a quarter of the time: each render waits three times as long as the last
-// one took, so a megabyte streaming in does not freeze the page.
-function scheduleRender(msg) {
-  const reply = msg.reply;
-  if (reply.pending) return;
-  reply.pending = true;
-  const wait = Math.max(0, reply.nextAt - performance.now());
-  setTimeout(() => {
-    requestAnimationFrame(() => {
-      reply.pending = false;
-      renderReply(msg);
-    });
-  }, wait);
-}
-
-function renderReply(msg) {
-  const follow = atBottom();
-  const started = performance.now();
-  fill(msg.bubble, msg.reply.text);
-  const took = performance.now() - started;
-  msg.reply.nextAt = performance.now() + Math.min(2000, took * 3);
-  if (follow) log.scrollTop = log.scrollHeight;
-}
-
-function fill(bubble, text) {
-  if (!markdownAvailable()) {
-    bubble.classList.remove("md");
-    bubble.textContent = text; // the vendored libraries did not load: plain text is still safe
-    return;
-  }
-  bubble.replaceChildren(renderMarkdown(text));
-  for (const pre of bubble.querySelectorAll("pre")) decorateCode(pre);
-  for (const table of bubble.querySelectorAll("table")) {
-    const box = el("div", "table"); // scrolls sideways on its own instead of widening the reply
-    table.replaceWith(box);
-    box.append(table);
-  }
-  markScrollable(bubble);
-}
-
-function decorateCode(pre) {
-  const code = pre.querySelector("code");
-  const lang = (/(?:^|\s)language-([\w+#.-]+)/.exec((code && code.className) || "") || [])[1] || "";
-  const box = el("div", "code");
-  const head = el("div", "code-head");
-  head.append(el("span", "code-lang", lang || "code"), copyButton(() => pre.textContent, "Copy the code"));
-  pre.replaceWith(box);
-  box.append(head, pre);
-}
-
-// A code block or table that scrolls sideways must be reachable by keyboard to be scrolled.
-function markScrollable(root) {
-  for (const node of root.querySelectorAll("pre, .table")) {
-    if (node.scrollWidth > node.clientWidth) node.tabIndex = 0;
-    else node.removeAttribute("tabindex");
-  }
-}
-
-/** The reply is over (finished, stopped or broken): render what there is once more, and offer to copy it. */
-function settle(msg) {
-  msg.removeAttribute("aria-busy");
-  if (msg.classList.contains("typing")) return;
-  renderReply(msg);
-  msg.actions.prepend(copyButton(() => msg.reply.text, "Copy the reply"));
-}
-
-function addBotReply(text) {
-  const msg = addBot();
-  botText(msg, text, true);
-  settle(msg);
-  return msg;
-}
-
-addEventListener("resize", () => markScrollable(log));
 
 // -- the conversation's identity ------------------------------------------------------------------
 
@@ -367,27 +168,16 @@ function startOverKeepingView() {
   setActive(null);
 }
 
-// Server-Sent Events from a POST: EventSource can only GET, so read the body stream and split it here.
+// The reply's events, until one ends the turn; a stream that ends without one was stopped or broke off.
 async function readStream(response, bot, userMsg, text, signal) {
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  const turn = { text, finished: false };
-  let buffer = "";
+  const turn = { text };
   try {
-    while (!turn.finished) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += value;
-      let end;
-      while (!turn.finished && (end = buffer.indexOf("\n\n")) >= 0) {
-        const event = parseEvent(buffer.slice(0, end));
-        buffer = buffer.slice(end + 2);
-        if (event) turn.finished = onEvent(event, bot, turn);
-      }
+    for await (const event of events(response)) {
+      if (onEvent(event, bot, turn)) return;
     }
   } catch {
     // stopped, or the connection broke; said below
   }
-  if (turn.finished) return;
   if (signal.aborted) {
     endIncomplete(bot, userMsg, "stopped");
   } else {
@@ -395,26 +185,6 @@ async function readStream(response, bot, userMsg, text, signal) {
   }
 }
 
-function parseEvent(block) {
-  let name = "message";
-  const data = [];
-  for (const raw of block.split("\n")) {
-    const line = raw.endsWith("\r") ? raw.slice(0, -1) : raw;
-    if (!line || line.startsWith(":")) continue; // comments keep idle connections open
-    const colon = line.indexOf(":");
-    const field = colon < 0 ? line : line.slice(0, colon);
-    let value = colon < 0 ? "" : line.slice(colon + 1);
-    if (value.startsWith(" ")) value = value.slice(1);
-    if (field === "event") name = value;
-    else if (field === "data") data.push(value);
-  }
-  if (!data.length) return null;
-  try {
-    return { name, data: JSON.parse(data.join("\n")) };
-  } catch {
-    return null;
-  }
-}
 
 // Handles one event; true when the turn is over.
 function onEvent({ name, data }, bot, turn) {
@@ -611,55 +381,6 @@ toggleSide.addEventListener("click", () => (shell.classList.contains("side-open"
 $("close-side").addEventListener("click", closeSide);
 $("backdrop").addEventListener("click", closeSide);
 
-// -- sign-in --------------------------------------------------------------------------------------
-
-const dialog = $("signin");
-const keyInput = $("signin-key");
-
-onKeyNeeded(
-  (reason) =>
-    new Promise((resolve) => {
-      $("signin-why").textContent =
-        reason === "refused"
-          ? "That key was not accepted. Enter a valid access key for this bot."
-          : `${state.name} needs an access key to talk to you.`;
-      keyInput.value = "";
-      const finish = (value) => {
-        $("signin-form").onsubmit = null;
-        $("signin-cancel").onclick = null;
-        dialog.oncancel = null;
-        dialog.close();
-        showSignOut();
-        resolve(value);
-      };
-      $("signin-form").onsubmit = (event) => {
-        event.preventDefault();
-        const value = keyInput.value.trim();
-        if (value) finish(value);
-      };
-      $("signin-cancel").onclick = () => finish(null);
-      dialog.oncancel = (event) => {
-        event.preventDefault();
-        finish(null);
-      };
-      dialog.showModal();
-      keyInput.focus();
-    }),
-);
-
-function showSignOut() {
-  // shown once a key is in use (the key itself is kept only in this tab's sessionStorage)
-  setTimeout(() => {
-    signOut.hidden = !storedKey();
-  });
-}
-
-signOut.addEventListener("click", () => {
-  forgetKey();
-  signOut.hidden = true;
-  announce("Signed out: the access key is forgotten in this tab.");
-  input.focus();
-});
 
 // -- input --------------------------------------------------------------------------------------
 
@@ -692,7 +413,7 @@ $("composer").addEventListener("submit", (event) => {
 });
 stop.addEventListener("click", stopReply);
 document.addEventListener("keydown", (event) => {
-  if (event.key !== "Escape" || dialog.open) return;
+  if (event.key !== "Escape" || signInOpen()) return;
   if (state.busy) {
     event.preventDefault();
     stopReply();
@@ -732,10 +453,10 @@ async function loadInfo() {
   setTimeout(loadInfo, 5000); // not ready yet: look again, settings and keys reload on their own
 }
 
+setUpSignIn(() => state.name, input);
 setBusy(false);
 showTokens();
 renderHistory();
-showSignOut();
 loadInfo();
 const resume = activeId();
 if (resume && history.find(resume)) openConversation(resume);

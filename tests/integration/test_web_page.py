@@ -573,6 +573,10 @@ def test_a_bot_without_a_key_says_so(browser: Browser) -> None:
 # -- plain HTTP ------------------------------------------------------------------------------
 
 
+# The modules app.js imports (the page names only app.js).
+MODULES = ("api.js", "history.js", "markdown.js", "messages.js", "signin.js", "sse.js")
+
+
 class _Inline(HTMLParser):
     """Finds what a strict CSP would refuse in a page: inline scripts, styles, handlers."""
 
@@ -605,7 +609,7 @@ def test_page_files_are_served_with_security_headers(bot: ThreadedServer) -> Non
     html = ("text/html; charset=utf-8",)
     files: dict[str, tuple[str, ...]] = {"/": html, "/static/index.html": html}
     files |= {f"/{src}": scripts for src in parser.scripts}
-    files |= {f"/static/{name}": scripts for name in ("api.js", "history.js", "markdown.js")}
+    files |= {f"/static/{name}": scripts for name in MODULES}
     files |= {f"/{href}": ("text/css; charset=utf-8",) for href in parser.styles}
     for path, content_types in files.items():
         response = httpx2.get(bot.url + path)
@@ -615,7 +619,7 @@ def test_page_files_are_served_with_security_headers(bot: ThreadedServer) -> Non
         assert response.headers["x-content-type-options"] == "nosniff", path
         assert response.headers["referrer-policy"] == "no-referrer", path
     # The page's own code never hands a string to the HTML parser.
-    for name in ("app.js", "api.js", "history.js", "markdown.js"):
+    for name in ("app.js", *MODULES):
         source = httpx2.get(f"{bot.url}/static/{name}").text
         assert "innerHTML" not in source and "insertAdjacentHTML" not in source, name
     missing = httpx2.get(bot.url + "/static/nope.js")
