@@ -32,7 +32,7 @@ from chatbot_service.api_models import (
 from chatbot_service.errors import BadRequest, ChatError, SessionNotFound, UnsupportedMediaType
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.memory import memory_limit, release_freed, store_budget
-from chatbot_service.middleware import BodyLimit, SameOrigin
+from chatbot_service.middleware import BodyLimit, SameOrigin, Unexpected
 from chatbot_service.relay import Relay, RelayResponse
 from chatbot_service.service import ChatService, TurnResult
 from chatbot_service.sessions import SessionStore, Stores
@@ -93,7 +93,7 @@ def create_app(
         if holder.current is not None:  # load the tokenizer now, not on the first user's request (~0.3 s)
             get_encoding(holder.current.model_info.encoding)
         release_freed()
-        reloader = asyncio.create_task(holder.run(reload_interval))
+        reloader = asyncio.create_task(holder.supervise(reload_interval))
         try:
             yield
         finally:
@@ -138,6 +138,7 @@ def create_app(
         expose_headers=["X-Kubechat-Prompt-Tokens", "X-Kubechat-Truncated", "Retry-After"],
     )
     app.add_middleware(SameOrigin, allowed=origins)
+    app.add_middleware(Unexpected)
 
     @app.exception_handler(ChatError)
     async def on_chat_error(_: Request, exc: ChatError) -> JSONResponse:
@@ -161,24 +162,6 @@ def create_app(
             {"error": {"type": "invalid_request_error", "code": code, "message": str(exc.detail)}},
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
-        )
-
-    @app.exception_handler(Exception)
-    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.error(
-            "unexpected %s while serving a request",
-            type(exc).__name__,
-            exc_info=log.isEnabledFor(logging.DEBUG),
-        )
-        return JSONResponse(
-            {
-                "error": {
-                    "type": "server_error",
-                    "code": "internal_error",
-                    "message": "internal error; see the bot's logs",
-                }
-            },
-            status_code=500,
         )
 
     @app.get("/healthz", tags=["probes"])

@@ -26,6 +26,10 @@ class ChatError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+class InternalError(ChatError):
+    """A bug: the message never says more than that (the log has the traceback)."""
+
+
 class BadRequest(ChatError):
     status = 400
     type = "invalid_request_error"
