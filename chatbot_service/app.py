@@ -10,37 +10,42 @@ import logging
 import os
 import pathlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import FastAPI, Path, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import FastAPI, Path
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from chatbot_service import __version__
 from chatbot_service.api_models import (
+    EVENT_STREAM,
     SESSION_ID_PATTERN,
+    BotInfo,
+    ChatCompletion,
     ChatReply,
     ChatRequest,
     CompletionRequest,
+    Health,
+    ModelList,
+    Readiness,
+    SessionHistory,
+    errors,
 )
-from chatbot_service.errors import BadRequest, ChatError, SessionNotFound, UnsupportedMediaType
+from chatbot_service.errors import ChatError, SessionNotFound
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.memory import memory_limit, release_freed, store_budget
 from chatbot_service.middleware import BodyLimit, SameOrigin, Unexpected
 from chatbot_service.relay import Relay, RelayResponse
+from chatbot_service.routing import JSONRoute, install_error_handlers, install_openapi
 from chatbot_service.service import ChatService, TurnResult
 from chatbot_service.sessions import SessionStore, Stores
 from chatbot_service.sources import read_local
 from chatbot_service.sse import KEEPALIVE
 from chatbot_service.tokens import get_encoding
 from chatbot_service.upstream import Upstream
-from chatbot_service.validation import parse_json, validation_error
 
 if TYPE_CHECKING:
     from chatbot_service.appconfig import Source
@@ -62,10 +67,6 @@ PAGE_HEADERS = {
 
 
 SessionId = Annotated[str, Path(pattern=SESSION_ID_PATTERN)]
-
-
-def error_response(error: ChatError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
 def sse(event: str, data: Mapping[str, Any]) -> bytes:
@@ -140,36 +141,15 @@ def create_app(
     app.add_middleware(SameOrigin, allowed=origins)
     app.add_middleware(Unexpected)
 
-    @app.exception_handler(ChatError)
-    async def on_chat_error(_: Request, exc: ChatError) -> JSONResponse:
-        return error_response(exc)
+    install_error_handlers(app)
+    install_openapi(app)
 
-    @app.exception_handler(RequestValidationError)
-    async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = exc.errors()
-        for problem in problems:
-            if problem.get("type") == "json_invalid":
-                reason = (problem.get("ctx") or {}).get("error", "")
-                return error_response(
-                    BadRequest(f"the request body is not valid JSON: {reason}", code="malformed_json")
-                )
-        return error_response(validation_error(problems))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(
-            {"error": {"type": "invalid_request_error", "code": code, "message": str(exc.detail)}},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
-
-    @app.get("/healthz", tags=["probes"])
+    @app.get("/healthz", tags=["probes"], response_model=Health)
     async def healthz() -> dict[str, str]:
         """The process is alive (liveness)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["probes"])
+    @app.get("/readyz", tags=["probes"], response_model=Readiness, responses={503: {"model": Readiness}})
     async def readyz() -> JSONResponse:
         """Settings loaded and a key present (readiness); names what is missing, never a value."""
         report = holder.readiness()
@@ -179,7 +159,15 @@ def create_app(
                 report = {**report, "ready": False, "problems": [*holder.problems, problem]}
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
-    @app.post("/chat", response_model=ChatReply, tags=["conversations"])
+    @app.post(
+        "/chat",
+        response_model=ChatReply,
+        tags=["conversations"],
+        responses={
+            200: {"content": EVENT_STREAM},
+            **errors(400, 403, 404, 409, 413, 415, 429, 502, 503, 504),
+        },
+    )
     async def chat(request: ChatRequest) -> Response:
         """Send a message; the bot keeps the conversation. With ``stream``, Server-Sent Events:
         ``session``, then ``delta``s, then ``done`` (the full reply object) or ``error``."""
@@ -189,7 +177,12 @@ def create_app(
         relay, events = await service.turn_stream(request.session_id, request.message)
         return RelayResponse(relay, _chat_events(events), {})
 
-    @app.get("/sessions/{session_id}", tags=["conversations"])
+    @app.get(
+        "/sessions/{session_id}",
+        tags=["conversations"],
+        response_model=SessionHistory,
+        responses=errors(400, 404),
+    )
     async def get_session(session_id: SessionId) -> dict[str, Any]:
         """A session's history, oldest first, with each message's token count."""
         history = await _store().history(session_id)
@@ -198,7 +191,13 @@ def create_app(
         messages = [{"role": m.role, "content": m.content, "tokens": m.tokens} for m in history]
         return {"session_id": session_id, "messages": messages, "tokens": sum(m.tokens for m in history)}
 
-    @app.delete("/sessions/{session_id}", status_code=204, tags=["conversations"])
+    @app.delete(
+        "/sessions/{session_id}",
+        status_code=204,
+        tags=["conversations"],
+        response_class=Response,
+        responses=errors(400, 404),
+    )
     async def delete_session(session_id: SessionId) -> Response:
         """Reset: forget the session."""
         store = _store()
@@ -207,7 +206,12 @@ def create_app(
                 raise SessionNotFound(session_id)
         return Response(status_code=204)
 
-    @app.post("/v1/chat/completions", tags=["openai"])
+    @app.post(
+        "/v1/chat/completions",
+        tags=["openai"],
+        response_model=ChatCompletion,
+        responses={200: {"content": EVENT_STREAM}, **errors(400, 403, 413, 415, 429, 502, 503, 504)},
+    )
     async def completions(request: CompletionRequest) -> Response:
         """OpenAI-compatible and stateless; the bot's system prompt always comes first, its model is
         used whatever the request names, and a client's system messages follow the bot's prompt."""
@@ -227,7 +231,7 @@ def create_app(
         relay = Relay(response, resources, settings.stream_keepalive)
         return RelayResponse(relay, _passthrough(relay), headers)
 
-    @app.get("/v1/models", tags=["openai"])
+    @app.get("/v1/models", tags=["openai"], response_model=ModelList, responses=errors(503))
     async def models() -> dict[str, Any]:
         """The one model this bot answers with, for tools that list models first."""
         settings = holder.require()
@@ -243,7 +247,7 @@ def create_app(
         """The chat page (static files, no build step)."""
         return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
 
-    @app.get("/info", tags=["page"])
+    @app.get("/info", tags=["page"], response_model=BotInfo)
     async def info() -> dict[str, Any]:
         """The bot's name and model, for the chat page; never a secret."""
         settings = holder.current
@@ -255,35 +259,6 @@ def create_app(
 
     app.mount("/static", PageFiles(directory=STATIC_DIR), name="static")
     return app
-
-
-class JSONRequest(Request):
-    """A request whose JSON body is read strictly (see ``validation.parse_json``)."""
-
-    async def json(self) -> Any:
-        if not hasattr(self, "_json"):
-            self._json = parse_json(await self.body())
-        return self._json
-
-
-class JSONRoute(APIRoute):
-    """Routes that take a JSON body take only ``application/json`` (or ``+json``): a body a browser
-    may send cross-site without asking (``text/plain``, forms) is refused before it is read."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-        if self.body_field is None:
-            return handler
-
-        async def strict(request: Request) -> Response:
-            media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-            if media_type != "application/json" and not media_type.endswith("+json"):
-                raise UnsupportedMediaType(
-                    f"send the body as application/json (got {media_type[:60] or 'no content type'})"
-                )
-            return await handler(JSONRequest(request.scope, request.receive))
-
-        return strict
 
 
 class PageFiles(StaticFiles):
