@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,7 @@ REPO = BENCH.parent
 MODEL = "gpt-4o-mini"
 PROMPT = "Hello! How are you today?"
 CHAT_MESSAGE = "Hello! What can you tell me about Kubernetes operators?"
+BASELINE = "kubechat (baseline)"
 LOAD_CPU = "0"
 TEST_CPU = "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -505,6 +507,26 @@ class Bench:
                 flush=True,
             )
 
+    def compare(self, env: dict[str, str]) -> None:
+        """This tree's kubechat and ``--baseline`` (another tree's ``kubechat``), interleaved round by
+        round, each in a fresh process: /v1 plain and streamed, and /chat."""
+        for round_ in range(1, self.args.rounds + 1):
+            for name, executable in ((BASELINE, str(self.args.baseline)), ("kubechat", self.kubechat)):
+                label = f"{name} #{round_}"
+                port = free_port()
+                base_url = f"http://127.0.0.1:{port}"
+                argv = [executable, "serve", "--host", "127.0.0.1", "--port", str(port)]
+                argv += ["--log-level", self.args.log_level]
+                pid = self.start_python(label, argv, env, "/readyz", port)
+                time.sleep(2)  # idle: startup work and its garbage are done
+                idle = rss_mb(pid)
+                self.prime(label, pid, base_url + "/v1/chat/completions")
+                self.memory[label].ready = idle
+                for mode in ("plain", "stream"):
+                    self.measure(name, base_url, "/v1/chat/completions", mode, mode, pid)
+                self.measure(name, base_url, "/chat", "chat", "plain", pid)
+                self.stop_current(label)
+
     def run(self) -> None:
         upstream = self.start_upstream()
         print(f"upstream {upstream} (CPU {LOAD_CPU}); processes under test on CPU {TEST_CPU}", flush=True)
@@ -512,6 +534,9 @@ class Bench:
         env = bench_env(upstream + "/v1", tiktoken_dir)
         for mode in ("plain", "stream"):
             self.measure("direct (the limit)", upstream, "/v1/chat/completions", mode, mode, None)
+        if self.args.baseline:
+            self.compare(env)
+            return
 
         port = free_port()
         bare = f"http://127.0.0.1:{port}"
@@ -673,9 +698,43 @@ def turn_table(bench: Bench, direct: dict[tuple[str, int], float]) -> list[str]:
     return table(header, "rrlrrrrrrrr", rows)
 
 
+def baseline_table(bench: Bench, direct: dict[tuple[str, int], float]) -> list[str]:
+    """This tree against the baseline, per route and mode at each concurrency: medians over the rounds,
+    and the ratio (this tree / baseline)."""
+    header = ["route", "mode", "c", "added p50 ms, baseline", "added p50 ms, this tree", "ratio"]
+    header += ["rps, baseline", "rps, this tree", "ratio", "CPU µs/req, baseline", "this tree", "ratio"]
+    rows: list[list[object]] = []
+    keys = sorted({(r.route, r.mode, r.concurrency) for r in bench.rows if r.target == "kubechat"})
+    for route, mode, c in keys:
+        picked = {}
+        for target in (BASELINE, "kubechat"):
+            of = [
+                r
+                for r in bench.rows
+                if (r.target, r.route, r.mode, r.concurrency) == (target, route, mode, c)
+            ]
+            added = statistics.median(r.load.p50 - direct[(r.base, c)] for r in of)
+            cpu = statistics.median(r.cpu_us_per_request or 0.0 for r in of)
+            picked[target] = (added, statistics.median(r.load.rps for r in of), cpu)
+        (base_p50, base_rps, base_cpu), (p50, rps, cpu) = picked[BASELINE], picked["kubechat"]
+        p50_ratio = f"{p50 / base_p50:.2f}" if base_p50 > 0 else "n/a"
+        cells = [f"`{route}`", mode, c, f"{base_p50:.3f}", f"{p50:.3f}", p50_ratio]
+        cells += [f"{base_rps:,.0f}", f"{rps:,.0f}", f"{rps / base_rps:.2f}"]
+        cells += [f"{base_cpu:,.0f}", f"{cpu:,.0f}", f"{cpu / base_cpu:.2f}" if base_cpu else "n/a"]
+        rows.append(cells)
+    return table(header, "llrrrrrrrrrr", rows)
+
+
 def report(bench: Bench, load_before: tuple[float, float, float], started: float) -> str:
     direct = {(r.mode, r.concurrency): r.load.p50 for r in bench.rows if r.target.startswith("direct")}
     out = ["", "## Side by side", "", *side_by_side(bench, direct)]
+    if bench.args.baseline:
+        out += [
+            "",
+            f"## This tree against the baseline ({bench.args.baseline}; "
+            f"medians of {bench.args.rounds} rounds)",
+        ]
+        out += ["", *baseline_table(bench, direct)]
     title = (
         "## In the columns of the reference figures (added p50 at c=1; rps: the best over the concurrencies)"
     )
@@ -770,6 +829,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="skip the /chat rows with sessions in Redis (redis-server, on the load generator's CPU)",
     )
     parser.add_argument("--logs", type=Path, help="keep the servers' logs in this folder")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another tree's kubechat executable (e.g. ../main/.venv/bin/kubechat): compare it with this "
+        "tree's, interleaved in one run, instead of the bare pass-through, turn and Redis rows",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of the --baseline comparison (default 3)"
+    )
     args = parser.parse_args(argv)
     if args.pin and (shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2):
         print("service_overhead: taskset or a second CPU is missing; running unpinned", file=sys.stderr)

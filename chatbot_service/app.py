@@ -288,8 +288,8 @@ def _local_loader(env: Mapping[str, str], source: Source | None) -> Callable[[],
 
 async def _chat_events(events: AsyncIterator[dict[str, Any]]) -> AsyncGenerator[bytes, None]:
     async for event in events:
-        if "delta" in event:
-            yield sse("delta", event)
+        if "deltas" in event:
+            yield b"".join(sse("delta", {"delta": delta}) for delta in event["deltas"])
         elif "keepalive" in event:
             yield KEEPALIVE
         elif "session_id" in event:
@@ -306,7 +306,7 @@ async def _passthrough(relay: Relay) -> AsyncGenerator[bytes, None]:
     """The upstream's events, each forwarded whole once it is complete; a stream that ends badly
     ends with one ``data: {"error": ...}`` event (which OpenAI SDKs raise as an APIError)."""
     try:
-        async for event in relay.events():
-            yield KEEPALIVE if event is None else event.encoded()
+        async for batch in relay.events():
+            yield KEEPALIVE if batch is None else b"".join(event.encoded() for event in batch)
     except ChatError as exc:
         yield b"data: " + json.dumps(exc.body(), separators=(",", ":")).encode() + b"\n\n"
