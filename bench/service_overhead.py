@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,7 @@ REPO = BENCH.parent
 MODEL = "gpt-4o-mini"
 PROMPT = "Hello! How are you today?"
 CHAT_MESSAGE = "Hello! What can you tell me about Kubernetes operators?"
+BASELINE = "kubechat (baseline)"
 LOAD_CPU = "0"
 TEST_CPU = "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -505,6 +507,26 @@ class Bench:
                 flush=True,
             )
 
+    def compare(self, env: dict[str, str]) -> None:
+        """This tree's kubechat and ``--baseline`` (another tree's ``kubechat``), interleaved round by
+        round, each in a fresh process: /v1 plain and streamed, and /chat."""
+        for round_ in range(1, self.args.rounds + 1):
+            for name, executable in ((BASELINE, str(self.args.baseline)), ("kubechat", self.kubechat)):
+                label = f"{name} #{round_}"
+                port = free_port()
+                base_url = f"http://127.0.0.1:{port}"
+                argv = [executable, "serve", "--host", "127.0.0.1", "--port", str(port)]
+                argv += ["--log-level", self.args.log_level]
+                pid = self.start_python(label, argv, env, "/readyz", port)
+                time.sleep(2)  # idle: startup work and its garbage are done
+                idle = rss_mb(pid)
+                self.prime(label, pid, base_url + "/v1/chat/completions")
+                self.memory[label].ready = idle
+                for mode in ("plain", "stream"):
+                    self.measure(name, base_url, "/v1/chat/completions", mode, mode, pid)
+                self.measure(name, base_url, "/chat", "chat", "plain", pid)
+                self.stop_current(label)
+
     def run(self) -> None:
         upstream = self.start_upstream()
         print(f"upstream {upstream} (CPU {LOAD_CPU}); processes under test on CPU {TEST_CPU}", flush=True)
@@ -512,6 +534,9 @@ class Bench:
         env = bench_env(upstream + "/v1", tiktoken_dir)
         for mode in ("plain", "stream"):
             self.measure("direct (the limit)", upstream, "/v1/chat/completions", mode, mode, None)
+        if self.args.baseline:
+            self.compare(env)
+            return
 
         port = free_port()
         bare = f"http://127.0.0.1:{port}"
@@ -526,9 +551,15 @@ class Bench:
             self.profile("bare-v1-plain", pid, url, "plain", ["-body", completion_body(False)])
         self.stop_current("bare pass-through")
 
-        if self.args.baseline:  # another build of kubechat, measured the same way in the same run
-            self.kubechat_rows("kubechat (baseline)", str(self.args.baseline), env)
-        base_url, pid = self.kubechat_rows("kubechat", self.kubechat, env)
+        port = free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        argv = [self.kubechat, "serve", "--host", "127.0.0.1", "--port", str(port)]
+        argv += ["--log-level", self.args.log_level]
+        pid = self.start_python("kubechat", argv, env, "/readyz", port)
+        self.prime("kubechat", pid, base_url + "/v1/chat/completions")
+        for mode in ("plain", "stream"):
+            self.measure("kubechat", base_url, "/v1/chat/completions", mode, mode, pid)
+        self.measure("kubechat", base_url, "/chat", "chat", "plain", pid)
         self.turn_costs(base_url)
         if self.args.profile:
             url = base_url + "/v1/chat/completions"
@@ -538,21 +569,6 @@ class Bench:
         self.stop_current("kubechat")
         if self.args.redis:
             self.redis_rows(env)
-
-    def kubechat_rows(self, name: str, kubechat: str, env: dict[str, str]) -> tuple[str, int]:
-        """Start ``kubechat serve`` from ``kubechat`` and measure both routes; it is stopped by the caller."""
-        port = free_port()
-        base_url = f"http://127.0.0.1:{port}"
-        argv = [kubechat, "serve", "--host", "127.0.0.1", "--port", str(port)]
-        argv += ["--log-level", self.args.log_level]
-        pid = self.start_python(name, argv, env, "/readyz", port)
-        self.prime(name, pid, base_url + "/v1/chat/completions")
-        for mode in ("plain", "stream"):
-            self.measure(name, base_url, "/v1/chat/completions", mode, mode, pid)
-        self.measure(name, base_url, "/chat", "chat", "plain", pid)
-        if name != "kubechat":
-            self.stop_current(name)
-        return base_url, pid
 
     def redis_rows(self, env: dict[str, str]) -> None:
         """The same /chat session mix with sessions in Redis: what sharing them across replicas costs."""
@@ -633,8 +649,6 @@ def reference_columns(bench: Bench, direct: dict[tuple[str, int], float]) -> lis
     targets = [
         ("direct (the limit)", "/v1/chat/completions"),
         ("bare pass-through", "/v1/chat/completions"),
-        ("kubechat (baseline)", "/v1/chat/completions"),
-        ("kubechat (baseline)", "/chat"),
         ("kubechat", "/v1/chat/completions"),
         ("kubechat", "/chat"),
     ]
@@ -643,7 +657,7 @@ def reference_columns(bench: Bench, direct: dict[tuple[str, int], float]) -> lis
         of_target = [r for r in bench.rows if r.target == target and r.route == route]
         if not of_target:
             continue
-        cells: list[object] = [f"{target} `{route}`" if target.startswith("kubechat") else target]
+        cells: list[object] = [f"{target} `{route}`" if target == "kubechat" else target]
         for mode in ("chat", "none") if route == "/chat" else ("plain", "stream"):
             of_mode = [r for r in of_target if r.mode == mode]
             at_1 = [r.load.p50 - direct[(r.base, 1)] for r in of_mode if r.concurrency == 1]
@@ -684,9 +698,43 @@ def turn_table(bench: Bench, direct: dict[tuple[str, int], float]) -> list[str]:
     return table(header, "rrlrrrrrrrr", rows)
 
 
+def baseline_table(bench: Bench, direct: dict[tuple[str, int], float]) -> list[str]:
+    """This tree against the baseline, per route and mode at each concurrency: medians over the rounds,
+    and the ratio (this tree / baseline)."""
+    header = ["route", "mode", "c", "added p50 ms, baseline", "added p50 ms, this tree", "ratio"]
+    header += ["rps, baseline", "rps, this tree", "ratio", "CPU µs/req, baseline", "this tree", "ratio"]
+    rows: list[list[object]] = []
+    keys = sorted({(r.route, r.mode, r.concurrency) for r in bench.rows if r.target == "kubechat"})
+    for route, mode, c in keys:
+        picked = {}
+        for target in (BASELINE, "kubechat"):
+            of = [
+                r
+                for r in bench.rows
+                if (r.target, r.route, r.mode, r.concurrency) == (target, route, mode, c)
+            ]
+            added = statistics.median(r.load.p50 - direct[(r.base, c)] for r in of)
+            cpu = statistics.median(r.cpu_us_per_request or 0.0 for r in of)
+            picked[target] = (added, statistics.median(r.load.rps for r in of), cpu)
+        (base_p50, base_rps, base_cpu), (p50, rps, cpu) = picked[BASELINE], picked["kubechat"]
+        p50_ratio = f"{p50 / base_p50:.2f}" if base_p50 > 0 else "n/a"
+        cells = [f"`{route}`", mode, c, f"{base_p50:.3f}", f"{p50:.3f}", p50_ratio]
+        cells += [f"{base_rps:,.0f}", f"{rps:,.0f}", f"{rps / base_rps:.2f}"]
+        cells += [f"{base_cpu:,.0f}", f"{cpu:,.0f}", f"{cpu / base_cpu:.2f}" if base_cpu else "n/a"]
+        rows.append(cells)
+    return table(header, "llrrrrrrrrrr", rows)
+
+
 def report(bench: Bench, load_before: tuple[float, float, float], started: float) -> str:
     direct = {(r.mode, r.concurrency): r.load.p50 for r in bench.rows if r.target.startswith("direct")}
     out = ["", "## Side by side", "", *side_by_side(bench, direct)]
+    if bench.args.baseline:
+        out += [
+            "",
+            f"## This tree against the baseline ({bench.args.baseline}; "
+            f"medians of {bench.args.rounds} rounds)",
+        ]
+        out += ["", *baseline_table(bench, direct)]
     title = (
         "## In the columns of the reference figures (added p50 at c=1; rps: the best over the concurrencies)"
     )
@@ -784,7 +832,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--baseline",
         type=Path,
-        help="the kubechat executable of another build (e.g. main's venv), measured beside this one",
+        help="another tree's kubechat executable (e.g. ../main/.venv/bin/kubechat): compare it with this "
+        "tree's, interleaved in one run, instead of the bare pass-through, turn and Redis rows",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of the --baseline comparison (default 3)"
     )
     args = parser.parse_args(argv)
     if args.pin and (shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2):

@@ -217,3 +217,66 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"]
     data: list[ModelCard]
+
+
+class CompletionMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | None = None
+
+
+class CompletionChoice(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    index: int
+    message: CompletionMessage
+    finish_reason: str | None = None
+
+
+class CompletionUsage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    """The upstream's completion, passed on as it came (documented as far as a bot promises it)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    object: str
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage | None = None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class ReloaderState(BaseModel):
+    restarts: int
+    last_error: str | None
+
+
+class Readiness(BaseModel):
+    ready: bool
+    missing: list[str]
+    problems: list[str]
+    model: str | None
+    reloader: ReloaderState
+
+
+class BotInfo(BaseModel):
+    name: str | None
+    model: str | None
+    ready: bool
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route can answer, each in OpenAI's shape."""
+    return {status: {"model": ErrorBody} for status in statuses}
+
+
+EVENT_STREAM = {"text/event-stream": {"schema": {"type": "string", "description": "Server-Sent Events"}}}

@@ -10,35 +10,41 @@ import logging
 import os
 import pathlib
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from chatbot_service import __version__
 from chatbot_service.api_models import (
+    EVENT_STREAM,
     SESSION_ID_PATTERN,
+    BotInfo,
+    ChatCompletion,
     ChatReply,
     ChatRequest,
     CompletionRequest,
+    Health,
+    ModelList,
+    Readiness,
+    SessionHistory,
+    errors,
 )
 from chatbot_service.caller_headers import CallerHeaders
-from chatbot_service.errors import BadRequest, ChatError, SessionNotFound, UnsupportedMediaType
+from chatbot_service.errors import ChatError, SessionNotFound
 from chatbot_service.guard import Caller, Guard
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.memory import memory_limit, release_freed, store_budget
 from chatbot_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from chatbot_service.metrics import Metrics
-from chatbot_service.middleware import BodyLimit, HttpMetrics, SameOrigin
+from chatbot_service.middleware import BodyLimit, HttpMetrics, SameOrigin, Unexpected
 from chatbot_service.observe import Observer
 from chatbot_service.relay import Relay, RelayResponse
+from chatbot_service.routing import JSONRoute, install_error_handlers, install_openapi
 from chatbot_service.service import ChatService, TurnResult
 from chatbot_service.sessions import SessionStore, Stores
 from chatbot_service.sources import read_local
@@ -47,7 +53,6 @@ from chatbot_service.tokens import get_encoding
 from chatbot_service.tracing import tracer_from_environ
 from chatbot_service.upstream import Upstream
 from chatbot_service.usage import usage_report
-from chatbot_service.validation import parse_json, validation_error
 
 if TYPE_CHECKING:
     from chatbot_service.appconfig import Source
@@ -83,10 +88,6 @@ async def _authorized(request: Request) -> Caller:
 Authorized = Annotated[Caller, Depends(_authorized)]
 
 
-def error_response(error: ChatError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
-
-
 def sse(event: str, data: Mapping[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
@@ -119,7 +120,7 @@ def create_app(
         if holder.current is not None:  # load the tokenizer now, not on the first user's request (~0.3 s)
             get_encoding(holder.current.model_info.encoding)
         release_freed()
-        reloader = asyncio.create_task(holder.run(reload_interval))
+        reloader = asyncio.create_task(holder.supervise(reload_interval))
         try:
             yield
         finally:
@@ -169,58 +170,18 @@ def create_app(
         expose_headers=["X-Kubechat-Prompt-Tokens", "X-Kubechat-Truncated", "Retry-After"],
     )
     app.add_middleware(SameOrigin, allowed=origins)
-    app.add_middleware(HttpMetrics, metrics=metrics)  # outermost: every refusal counts too
+    app.add_middleware(Unexpected)
+    app.add_middleware(HttpMetrics, metrics=metrics)  # outermost: every refusal and failure counts too
 
-    @app.exception_handler(ChatError)
-    async def on_chat_error(_: Request, exc: ChatError) -> JSONResponse:
-        if exc.refusal:
-            metrics.refusals.labels(exc.refusal).inc()
-        return error_response(exc)
+    install_error_handlers(app, seen=metrics.count_refusal)
+    install_openapi(app)
 
-    @app.exception_handler(RequestValidationError)
-    async def on_invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = exc.errors()
-        for problem in problems:
-            if problem.get("type") == "json_invalid":
-                reason = (problem.get("ctx") or {}).get("error", "")
-                return error_response(
-                    BadRequest(f"the request body is not valid JSON: {reason}", code="malformed_json")
-                )
-        return error_response(validation_error(problems))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(
-            {"error": {"type": "invalid_request_error", "code": code, "message": str(exc.detail)}},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
-        )
-
-    @app.exception_handler(Exception)
-    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.error(
-            "unexpected %s while serving a request",
-            type(exc).__name__,
-            exc_info=log.isEnabledFor(logging.DEBUG),
-        )
-        return JSONResponse(
-            {
-                "error": {
-                    "type": "server_error",
-                    "code": "internal_error",
-                    "message": "internal error; see the bot's logs",
-                }
-            },
-            status_code=500,
-        )
-
-    @app.get("/healthz", tags=["probes"])
+    @app.get("/healthz", tags=["probes"], response_model=Health)
     async def healthz() -> dict[str, str]:
         """The process is alive (liveness)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["probes"])
+    @app.get("/readyz", tags=["probes"], response_model=Readiness, responses={503: {"model": Readiness}})
     async def readyz() -> JSONResponse:
         """Settings loaded and a key present (readiness); names what is missing, never a value."""
         report = holder.readiness()
@@ -230,7 +191,15 @@ def create_app(
                 report = {**report, "ready": False, "problems": [*holder.problems, problem]}
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
-    @app.post("/chat", response_model=ChatReply, tags=["conversations"])
+    @app.post(
+        "/chat",
+        response_model=ChatReply,
+        tags=["conversations"],
+        responses={
+            200: {"content": EVENT_STREAM},
+            **errors(400, 401, 403, 404, 409, 413, 415, 429, 502, 503, 504),
+        },
+    )
     async def chat(request: ChatRequest, caller: Authorized) -> Response:
         """Send a message; the bot keeps the conversation. With ``stream``, Server-Sent Events:
         ``session``, then ``delta``s, then ``done`` (the full reply object) or ``error``."""
@@ -240,7 +209,12 @@ def create_app(
         relay, events = await service.turn_stream(request.session_id, request.message, caller)
         return RelayResponse(relay, _chat_events(events), {})
 
-    @app.get("/sessions/{session_id}", tags=["conversations"])
+    @app.get(
+        "/sessions/{session_id}",
+        tags=["conversations"],
+        response_model=SessionHistory,
+        responses=errors(400, 401, 403, 404),
+    )
     async def get_session(session_id: SessionId, caller: Authorized) -> dict[str, Any]:
         """A session's history, oldest first, with each message's token count."""
         history = await _store().history(caller.session_key(session_id))
@@ -249,7 +223,13 @@ def create_app(
         messages = [{"role": m.role, "content": m.content, "tokens": m.tokens} for m in history]
         return {"session_id": session_id, "messages": messages, "tokens": sum(m.tokens for m in history)}
 
-    @app.delete("/sessions/{session_id}", status_code=204, tags=["conversations"])
+    @app.delete(
+        "/sessions/{session_id}",
+        status_code=204,
+        tags=["conversations"],
+        response_class=Response,
+        responses=errors(400, 401, 403, 404),
+    )
     async def delete_session(session_id: SessionId, caller: Authorized) -> Response:
         """Reset: forget the session."""
         store, key = _store(), caller.session_key(session_id)
@@ -258,7 +238,12 @@ def create_app(
                 raise SessionNotFound(session_id)
         return Response(status_code=204)
 
-    @app.post("/v1/chat/completions", tags=["openai"])
+    @app.post(
+        "/v1/chat/completions",
+        tags=["openai"],
+        response_model=ChatCompletion,
+        responses={200: {"content": EVENT_STREAM}, **errors(400, 401, 403, 413, 415, 429, 502, 503, 504)},
+    )
     async def completions(request: CompletionRequest, caller: Authorized) -> Response:
         """OpenAI-compatible and stateless; the bot's system prompt always comes first, its model is
         used whatever the request names, and a client's system messages follow the bot's prompt."""
@@ -288,7 +273,7 @@ def create_app(
         relay = Relay(response, resources, settings.stream_keepalive, turn, ticket)
         return RelayResponse(relay, _passthrough(relay), headers)
 
-    @app.get("/v1/models", tags=["openai"])
+    @app.get("/v1/models", tags=["openai"], response_model=ModelList, responses=errors(401, 403, 503))
     async def models(_: Authorized) -> dict[str, Any]:
         """The one model this bot answers with, for tools that list models first."""
         settings = holder.require()
@@ -309,7 +294,7 @@ def create_app(
         """The chat page (static files, no build step)."""
         return FileResponse(STATIC_DIR / "index.html", headers=PAGE_HEADERS)
 
-    @app.get("/info", tags=["page"])
+    @app.get("/info", tags=["page"], response_model=BotInfo)
     async def info() -> dict[str, Any]:
         """The bot's name and model, for the chat page; never a secret."""
         settings = holder.current
@@ -328,35 +313,6 @@ def create_app(
 
     app.mount("/static", PageFiles(directory=STATIC_DIR), name="static")
     return app
-
-
-class JSONRequest(Request):
-    """A request whose JSON body is read strictly (see ``validation.parse_json``)."""
-
-    async def json(self) -> Any:
-        if not hasattr(self, "_json"):
-            self._json = parse_json(await self.body())
-        return self._json
-
-
-class JSONRoute(APIRoute):
-    """Routes that take a JSON body take only ``application/json`` (or ``+json``): a body a browser
-    may send cross-site without asking (``text/plain``, forms) is refused before it is read."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-        if self.body_field is None:
-            return handler
-
-        async def strict(request: Request) -> Response:
-            media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-            if media_type != "application/json" and not media_type.endswith("+json"):
-                raise UnsupportedMediaType(
-                    f"send the body as application/json (got {media_type[:60] or 'no content type'})"
-                )
-            return await handler(JSONRequest(request.scope, request.receive))
-
-        return strict
 
 
 class PageFiles(StaticFiles):
@@ -386,8 +342,8 @@ def _local_loader(env: Mapping[str, str], source: Source | None) -> Callable[[],
 
 async def _chat_events(events: AsyncIterator[dict[str, Any]]) -> AsyncGenerator[bytes, None]:
     async for event in events:
-        if "delta" in event:
-            yield sse("delta", event)
+        if "deltas" in event:
+            yield b"".join(sse("delta", {"delta": delta}) for delta in event["deltas"])
         elif "keepalive" in event:
             yield KEEPALIVE
         elif "session_id" in event:
@@ -404,8 +360,8 @@ async def _passthrough(relay: Relay) -> AsyncGenerator[bytes, None]:
     """The upstream's events, each forwarded whole once it is complete; a stream that ends badly
     ends with one ``data: {"error": ...}`` event (which OpenAI SDKs raise as an APIError)."""
     try:
-        async for event in relay.events():
-            yield KEEPALIVE if event is None else event.encoded()
+        async for batch in relay.events():
+            yield KEEPALIVE if batch is None else b"".join(event.encoded() for event in batch)
     except ChatError as exc:
         yield b"data: " + json.dumps(exc.body(), separators=(",", ":")).encode() + b"\n\n"
 

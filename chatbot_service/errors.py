@@ -27,6 +27,10 @@ class ChatError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+class InternalError(ChatError):
+    """A bug: the message never says more than that (the log has the traceback)."""
+
+
 class BadRequest(ChatError):
     status = 400
     type = "invalid_request_error"
@@ -128,6 +132,7 @@ class SessionStoreUnavailable(ChatError):
 
 class Unauthenticated(ChatError):
     """No credential, or one that is not valid; says nothing that would help guessing."""
+
     refusal = "unauthenticated"  # counted in kubechat_refusals_total
 
     status = 401
@@ -143,6 +148,7 @@ class Unauthenticated(ChatError):
 
 class Forbidden(ChatError):
     """A known identity that this bot does not allow, or not for this."""
+
     refusal = "forbidden"  # counted in kubechat_refusals_total
 
     status = 403
@@ -152,6 +158,7 @@ class Forbidden(ChatError):
 
 class RateLimited(ChatError):
     """Over a per-minute limit (OpenAI's ``rate_limit_exceeded``; type ``requests`` or ``tokens``)."""
+
     refusal = "rate_limited"  # counted in kubechat_refusals_total
 
     status = 429
@@ -164,6 +171,7 @@ class RateLimited(ChatError):
 
 class QuotaExceeded(ChatError):
     """Over a day, week or month budget (OpenAI's ``insufficient_quota``)."""
+
     refusal = "budget_exhausted"  # counted in kubechat_refusals_total
 
     status = 429
@@ -173,6 +181,7 @@ class QuotaExceeded(ChatError):
 
 class LimitsUnavailable(ChatError):
     """The shared counters (Redis) cannot be reached and the bot refuses rather than count nothing."""
+
     refusal = "limits_unavailable"  # counted in kubechat_refusals_total
 
     status = 503

@@ -34,6 +34,8 @@ class SettingsHolder:
         self.current: Settings | None = None
         self.problems: list[str] = []
         self._lock = threading.Lock()  # reloads come from the reload loop and from a source that loaded
+        self.reloader_restarts = 0
+        self.reloader_error: str | None = None  # what last killed the reload loop
 
     def reload(self) -> bool:
         """Re-read the sources; True if the settings in force changed."""
@@ -101,12 +103,19 @@ class SettingsHolder:
     def readiness(self) -> dict[str, object]:
         """What ``/readyz`` reports: never a value, only names and problems."""
         missing = self.current.missing() if self.current else []
+        problems = list(self.problems)
+        if self.reloader_error:
+            problems.append(
+                f"the settings reloader failed ({self.reloader_error}) and was restarted "
+                f"{self.reloader_restarts} time(s); settings may be stale until a reload succeeds"
+            )
         return {
             "ready": self.current is not None and not missing,
             "missing": missing,
-            "problems": self.problems,
+            "problems": problems,
             "model": self.current.model if self.current else None,
             "limits": counting(self.current.limits, self.current.session_store) if self.current else None,
+            "reloader": {"restarts": self.reloader_restarts, "last_error": self.reloader_error},
         }
 
     async def run(self, interval: float) -> None:
@@ -114,3 +123,16 @@ class SettingsHolder:
         while True:
             await asyncio.sleep(interval)
             await asyncio.to_thread(self.reload)
+            self.reloader_error = None  # a reload went through: whatever killed the loop is over
+
+    async def supervise(self, interval: float) -> None:
+        """``run`` forever: a loop that dies (a bug, an SDK error no source turned into a problem) is
+        logged once with its traceback, reported on ``/readyz`` and restarted after a pause."""
+        while True:
+            try:
+                await self.run(interval)
+            except Exception as exc:
+                self.reloader_restarts += 1
+                self.reloader_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+                log.error("the settings reloader failed; restarting it", exc_info=exc)
+                await asyncio.sleep(min(60.0, interval * self.reloader_restarts))

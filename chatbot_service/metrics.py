@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import (
     CollectorRegistry,
@@ -30,6 +31,9 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from chatbot_service.errors import ChatError
 
 # `_created` series double the exposition for nothing Prometheus needs from a bot.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -292,6 +296,11 @@ class Metrics:
             self.trimmed.labels(route).inc()
         if dropped:
             self.dropped_messages.labels(route).inc(dropped)
+
+    def count_refusal(self, error: ChatError) -> None:
+        """An error access control raised names its reason (``ChatError.refusal``)."""
+        if error.refusal:
+            self.refusals.labels(error.refusal).inc()
 
     def record_usage(self, identity: str, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
         who = self.identities(identity)

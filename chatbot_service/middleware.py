@@ -7,13 +7,16 @@ sites' pages from using a bot through a visitor's browser.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import TYPE_CHECKING
 
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chatbot_service.errors import BodyTooLarge, ChatError, CrossOriginRefused
+from chatbot_service.errors import BodyTooLarge, ChatError, CrossOriginRefused, InternalError
+
+log = logging.getLogger("kubechat.http")
 
 if TYPE_CHECKING:
     from chatbot_service.metrics import Metrics
@@ -95,6 +98,39 @@ class SameOrigin:
                 await _answer(error, scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class Unexpected:
+    """The last guard: an exception no handler turned into an answer is logged once, with its
+    traceback, at error level, and answered 500 in OpenAI's shape (without detail) if nothing was
+    sent yet. It is not re-raised: the server would log it a second time."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            log.error(
+                "unexpected %s while serving %s %s",
+                type(exc).__name__,
+                scope["method"],
+                scope["path"],
+                exc_info=exc,
+            )
+            if not started:
+                await _answer(InternalError("internal error; see the bot's logs"), scope, receive, send)
 
 
 async def _answer(

@@ -30,8 +30,8 @@ _END = object()
 
 
 class Relay:
-    """``events()`` yields each complete upstream event, or None when it is time for a keep-alive;
-    it raises ``ChatError`` when the stream ends badly. ``aclose()`` releases everything, once."""
+    """``events()`` yields the complete upstream events as they come, or None when it is time for a
+    keep-alive; it raises ``ChatError`` when the stream ends badly. ``aclose()`` releases everything."""
 
     def __init__(
         self,
@@ -55,6 +55,7 @@ class Relay:
 
     async def _read(self) -> None:
         check = CompletionStream()
+        queue = self._queue
         try:
             async for line in self._response.aiter_lines():
                 event = check.feed(line)
@@ -62,7 +63,10 @@ class Relay:
                     continue
                 if check.done:
                     check.check_complete()  # before [DONE] goes out: a client must not see it, then an error
-                await self._queue.put(event)
+                if queue.full():
+                    await queue.put(event)  # a slow client: the upstream waits
+                else:
+                    queue.put_nowait(event)
                 if check.done:
                     break
             check.check_complete()
@@ -73,28 +77,41 @@ class Relay:
             item = map_transport_error(exc)
         await self._queue.put(item)
 
-    async def events(self) -> AsyncIterator[StreamEvent | None]:
+    async def events(self) -> AsyncIterator[list[StreamEvent] | None]:
+        """Batches of the events that arrived since the last one (a fast upstream's chunks go out in
+        one write instead of one each), or None when it is time for a keep-alive."""
         if self._reader is None:
             self._reader = asyncio.get_running_loop().create_task(self._read())
+        queue = self._queue
         while True:
-            if self._queue.empty():
+            if queue.empty():
                 try:
                     async with asyncio.timeout(self._keepalive):
-                        item = await self._queue.get()
+                        item = await queue.get()
                 except TimeoutError:
                     yield None
                     continue
             else:
-                item = self._queue.get_nowait()
-            if item is _END:
-                self._end(None)
-                return
-            if isinstance(item, ChatError):
-                self._end(item)
-                raise item
-            if item.chunk is not None:
-                self._observe(item.chunk)
-            yield item
+                item = queue.get_nowait()
+            batch: list[StreamEvent] = []
+            while True:
+                if item is _END:
+                    if batch:
+                        yield batch
+                    self._end(None)
+                    return
+                if isinstance(item, ChatError):
+                    if batch:
+                        yield batch
+                    self._end(item)
+                    raise item
+                if item.chunk is not None:
+                    self._observe(item.chunk)
+                batch.append(item)
+                if queue.empty():
+                    break
+                item = queue.get_nowait()
+            yield batch
 
     def _observe(self, chunk: dict[str, Any]) -> None:
         delta = delta_text(chunk)

@@ -174,7 +174,7 @@ class ChatService:
         self, session_id: str | None, text: str, caller: Caller = OPEN
     ) -> tuple[Relay, AsyncIterator[dict[str, Any]]]:
         """A turn whose reply streams: the relay (which the caller must close, however the client
-        leaves) and its events: ``{"session_id"}``, ``{"delta"}``s and ``{"keepalive"}``s, then
+        leaves) and its events: ``{"session_id"}``, ``{"deltas": [...]}`` and ``{"keepalive"}``s, then
         ``{"done": TurnResult}`` (the turn is recorded) or ``{"error": ChatError}`` (nothing is).
         The relay settles the caller's reservation with what came, however the stream ended.
 
@@ -218,15 +218,20 @@ class ChatService:
         parts: list[str] = []
         usage: dict[str, Any] | None = None
         try:
-            async for event in relay.events():
-                if event is None:
+            async for batch in relay.events():
+                if batch is None:
                     yield {"keepalive": True}
-                elif event.chunk is not None:
-                    delta = delta_text(event.chunk)
-                    if delta:
-                        parts.append(delta)
-                        yield {"delta": delta}
-                    usage = event.chunk.get("usage") or usage
+                    continue
+                deltas = []
+                for event in batch:
+                    if event.chunk is not None:
+                        delta = delta_text(event.chunk)
+                        if delta:
+                            deltas.append(delta)
+                        usage = event.chunk.get("usage") or usage
+                if deltas:
+                    parts.extend(deltas)
+                    yield {"deltas": deltas}
         except ChatError as exc:
             yield {"error": exc}
             return

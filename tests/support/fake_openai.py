@@ -80,6 +80,8 @@ class FakeOpenAI:
         self.requests: list[Seen] = []
         self.url = ""  # set by whoever serves it: the base URL clients use, ending in /v1
         self.keep_requests = True  # False: a load test that sends more than a test process should keep
+        self.fail_always: list[Fault] = []  # once the queue is empty, these in turn, for every request
+        self._served = 0
         self.streams_open = 0  # streams being sent now
         self.streams_cut = 0  # streams whose reader left before the reply was sent
         self._lock = threading.Lock()
@@ -116,6 +118,9 @@ class FakeOpenAI:
             if self.keep_requests:
                 self.requests.append(Seen(dict(request.headers), body, peer))
             fault = self.faults.popleft() if self.faults else None
+            if fault is None and self.fail_always:
+                self._served += 1
+                fault = self.fail_always[self._served % len(self.fail_always)]
         if fault and fault.delay:
             await asyncio.sleep(fault.delay)
         if fault and fault.body is not None:
