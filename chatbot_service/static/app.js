@@ -15,7 +15,24 @@ const tokensLine = $("tokens");
 
 // Keyboard hints mean nothing on a touch screen.
 const IDLE_STATUS = matchMedia("(pointer: coarse)").matches ? "" : "Enter to send · Shift+Enter for a new line";
-const state = { sessionId: null, tokens: 0, busy: false, name: "kubechat" };
+const state = { sessionId: null, tokens: 0, busy: false, name: "kubechat", authRequired: false };
+
+// -- the caller's key --------------------------------------------------------------------------------
+// A bot with spec.access wants "Authorization: Bearer <key>". The key is asked for once and kept in
+// sessionStorage: for this tab only, gone when it closes, never in localStorage or a cookie.
+const KEY_ITEM = "kubechat-api-key";
+
+function authHeaders() {
+  const key = sessionStorage.getItem(KEY_ITEM);
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+function askKey(reason) {
+  const key = (window.prompt(`${reason} It is kept for this tab only.`) || "").trim();
+  if (key) sessionStorage.setItem(KEY_ITEM, key);
+  else sessionStorage.removeItem(KEY_ITEM);
+  return Boolean(key);
+}
 
 // -- rendering ---------------------------------------------------------------------------------
 
@@ -125,6 +142,13 @@ function describe(status, error, retryAfter) {
       return ["Message too long.", message];
     case "session_store_unavailable":
       return ["Conversations are unavailable.", "The bot cannot reach its session store; try again shortly."];
+    case "rate_limit_exceeded":
+    case "insufficient_quota":
+      return [code === "insufficient_quota" ? "Budget used up." : "Rate limited.", message];
+    case "invalid_api_key":
+      return ["This bot needs a valid key.", "Send the message again to enter your API key."];
+    case "permission_denied":
+      return ["Not allowed.", message];
   }
   if (status === 429) return ["Rate limited.", message || "Too many requests; try again in a moment."];
   if (status >= 500) return [`The bot failed (${status}).`, message];
@@ -160,7 +184,7 @@ async function sendMessage(text) {
     try {
       response = await fetch("chat", {
         method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+        headers: { "Content-Type": "application/json", Accept: "text/event-stream", ...authHeaders() },
         body: JSON.stringify({ message: text, session_id: state.sessionId || undefined, stream: true }),
       });
     } catch {
@@ -174,6 +198,7 @@ async function sendMessage(text) {
       const body = await response.json().catch(() => null);
       bot.remove();
       const error = body && body.error;
+      if (response.status === 401) sessionStorage.removeItem(KEY_ITEM); // asked again on the next send
       if (error && error.code === "session_not_found") {
         // The bot restarted or the conversation expired: the next message starts a new one.
         state.sessionId = null;
@@ -292,6 +317,7 @@ function grow() {
 function submit() {
   const text = input.value;
   if (state.busy || !text.trim()) return;
+  if (state.authRequired && !sessionStorage.getItem(KEY_ITEM) && !askKey("This bot needs an API key.")) return;
   input.value = "";
   grow();
   sendMessage(text);
@@ -321,7 +347,7 @@ newChat.addEventListener("click", async () => {
   input.focus();
   if (sid) {
     try {
-      await fetch(`sessions/${encodeURIComponent(sid)}`, { method: "DELETE" });
+      await fetch(`sessions/${encodeURIComponent(sid)}`, { method: "DELETE", headers: authHeaders() });
     } catch {
       // Unreachable now: the bot forgets idle sessions on its own.
     }
@@ -341,6 +367,7 @@ async function loadInfo() {
     $("avatar").textContent = Array.from(state.name)[0] || "K";
     document.title = state.name === "kubechat" ? "kubechat" : `${state.name} · kubechat`;
     input.placeholder = `Message ${state.name}…`;
+    state.authRequired = Boolean(info.auth_required);
     model.textContent = info.model || "no model configured";
     dot.className = info.ready ? "dot ready" : "dot not-ready";
     dot.title = info.ready ? "Ready" : "Not ready: the bot's settings or API key are missing";

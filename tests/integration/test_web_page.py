@@ -324,3 +324,43 @@ def test_info_names_the_bot_and_never_a_secret(start_bot: BotFactory, bot_env: d
             "ready": False,
             "auth_required": False,
         }
+
+
+def test_a_bot_with_access_asks_for_a_key_and_keeps_it_for_the_tab(
+    browser: Browser, bot_env: dict[str, str], tmp_path: Path
+) -> None:
+    from tests.support.mounted import write_keys
+
+    key = "kc-page-7a1c3e5b9d2f4a68"
+    write_keys(tmp_path / "keys", {"page-user": key})
+    env = bot_env | {"KUBECHAT_ACCESS": '{"apiKeys": {}}', "KUBECHAT_API_KEYS_DIR": str(tmp_path / "keys")}
+    with serving(create_app(environ=env)) as bot:
+        context = browser.new_context(locale="en-US")
+        page = context.new_page()
+        answers = iter(["kc-wrong-000000000000", key])
+        asked: list[str] = []
+
+        def on_dialog(dialog: Dialog) -> None:
+            asked.append(dialog.message)
+            dialog.accept(next(answers))
+
+        page.on("dialog", on_dialog)
+        page.goto(bot.url + "/")
+        page.wait_for_function("() => document.querySelector('#bot-model').textContent !== 'connecting…'")
+        box = page.locator("#input")
+        box.fill("hello")
+        box.press("Enter")
+        page.locator(".error").first.wait_for()
+        assert "needs a valid key" in page.locator(".error").first.inner_text()
+        assert asked and "kept for this tab only" in asked[0]
+        box.fill("hello again")  # the wrong key was dropped: asked again
+        box.press("Enter")
+        page.locator(".msg.bot:not(.typing) .bubble").last.wait_for()
+        page.wait_for_function("() => document.querySelectorAll('.msg.bot .bubble').length >= 1")
+        assert len(asked) == 2
+        stored = page.evaluate("() => [sessionStorage.getItem('kubechat-api-key'), localStorage.length]")
+        assert stored == [key, 0]
+        page.wait_for_function(
+            "() => /last: hello again/.test(document.querySelector('.msg.bot .bubble').textContent)"
+        )
+        context.close()
