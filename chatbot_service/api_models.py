@@ -266,12 +266,14 @@ class Readiness(BaseModel):
     problems: list[str]
     model: str | None
     reloader: ReloaderState
+    limits: str | None = Field(default=None, description="Where limits are counted, when the bot has any.")
 
 
 class BotInfo(BaseModel):
     name: str | None
     model: str | None
     ready: bool
+    auth_required: bool = Field(default=False, description="The bot wants a key or token (spec.access).")
 
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:

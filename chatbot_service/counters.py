@@ -61,15 +61,20 @@ class MemoryCounters:
         buckets = self._counters.get(charge.key)
         if buckets is None:
             return {}
-        oldest = charge.index - charge.buckets
-        for index in [i for i in buckets if i <= oldest]:
-            del buckets[index]
+        if len(buckets) > charge.buckets:  # so a counter never holds more than its window and one
+            oldest = charge.index - charge.buckets
+            for index in [i for i in buckets if i <= oldest]:
+                del buckets[index]
         return buckets
 
     async def reserve(self, charges: Sequence[Charge], now: float, identity: str) -> Reservation:
         outcomes = [Outcome(c, live(self._buckets(c), c)) for c in charges]
         admitted = all(o.fits for o in outcomes)
-        held = {c.key: dict(self._counters.get(c.key, {})) for c in charges if c.buckets > 1}
+        held = {
+            c.key: dict(self._counters.get(c.key, {}))
+            for c in charges
+            if c.buckets > 1 and (c.window == "minute" or not admitted)  # for headers, or the refusal
+        }
         if admitted:
             for c in charges:
                 buckets = self._counters.get(c.key)

@@ -134,6 +134,8 @@ class _Policy:
     settings: Settings
     keys: ApiKeys | None
     planner: Planner | None
+    reply_limit_param: str = "max_tokens"
+    encoding: str = ""
     oidc: OidcVerifier | None = None
     reviewer: TokenReviewer | None = None
 
@@ -152,7 +154,8 @@ class Guard:
         access = settings.access
         keys = ApiKeys(settings.api_keys) if access and access.api_keys else None
         planner = Planner(settings.limits, settings.model) if (access or settings.limits) else None
-        new = _Policy(settings, keys, planner)
+        info = settings.model_info
+        new = _Policy(settings, keys, planner, info.reply_limit_param, info.encoding)
         if policy is not None and policy.settings.access == access:
             new.oidc, new.reviewer = policy.oidc, policy.reviewer  # keep their caches
         if access and access.oidc and new.oidc is None:
@@ -202,8 +205,12 @@ class Guard:
             if name is not None:
                 return Caller(Identity(name, "api-key"))
         if looks_like_jwt(credential):
-            if policy.oidc is not None and policy.oidc.claims_issuer(credential):
-                return Caller(await policy.oidc.verify(credential))
+            if policy.oidc is not None:
+                known = policy.oidc.known(credential)
+                if known is not None:
+                    return Caller(known)
+                if policy.oidc.claims_issuer(credential):
+                    return Caller(await policy.oidc.verify(credential))
             if policy.reviewer is not None:
                 return Caller(await policy.reviewer.review(credential))
         raise Unauthenticated()
@@ -216,7 +223,7 @@ class Guard:
         if policy.planner is None:
             return NOOP
         now = time.time()
-        reply_limit = int(params.get(settings.model_info.reply_limit_param) or settings.max_reply_tokens)
+        reply_limit = int(params.get(policy.reply_limit_param) or settings.max_reply_tokens)
         charges = policy.planner.plan(caller.name, prompt_tokens, reply_limit, now)
         counters = self.counters(settings)
         try:
@@ -236,7 +243,7 @@ class Guard:
         caller.headers.update(
             ratelimit_headers(reservation.outcomes, reservation.buckets, now, admitted=True)
         )
-        return Ticket(counters, policy.planner, charges, prompt_tokens, settings.model_info.encoding)
+        return Ticket(counters, policy.planner, charges, prompt_tokens, policy.encoding)
 
     def check_owner(self, settings: Settings, caller: Caller, identity: str | None) -> list[str] | None:
         """Whose usage ``caller`` may read: None for everyone (an owner, or an open bot), or itself."""

@@ -91,8 +91,8 @@ def resets_in(buckets: Mapping[int, int], charge: Charge, now: float) -> float:
     return max((newest + charge.buckets) * charge.bucket_seconds - now, 0.0)
 
 
-def period(window: str, now: float, zone: ZoneInfo) -> tuple[int, float]:
-    """The calendar period holding ``now`` in ``zone``: (its number, when it ends)."""
+def period(window: str, now: float, zone: ZoneInfo) -> tuple[int, float, float]:
+    """The calendar period holding ``now`` in ``zone``: (its number, when it starts, when it ends)."""
     today = dt.datetime.fromtimestamp(now, zone).date()
     if window == "day":
         start, end = today, today + dt.timedelta(days=1)
@@ -102,9 +102,12 @@ def period(window: str, now: float, zone: ZoneInfo) -> tuple[int, float]:
         end = start + dt.timedelta(days=7)
         index = start.toordinal()
     else:
+        start = today.replace(day=1)
         end = dt.date(today.year + today.month // 12, today.month % 12 + 1, 1)
         index = today.year * 12 + today.month - 1
-    return index, dt.datetime.combine(end, dt.time(), zone).timestamp()
+    midnight = dt.time()
+    begins = dt.datetime.combine(start, midnight, zone).timestamp()
+    return index, begins, dt.datetime.combine(end, midnight, zone).timestamp()
 
 
 class Planner:
@@ -115,6 +118,7 @@ class Planner:
         self.model = model
         self.prices: PriceTable = self.limits.price_table
         self.zone = self.limits.zone
+        self._periods: dict[str, tuple[int, float, float]] = {}  # the current one of each window
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> int:
         return self.prices.cost(self.model, prompt_tokens, completion_tokens)
@@ -122,14 +126,17 @@ class Planner:
     def _charge(
         self, scope: str, metric: str, window: str, limit: int | None, amount: int, now: float
     ) -> Charge:
-        rolling = window == "minute" or self.limits.rolling
-        key = f"{scope}:{metric}:{window}{'~' if rolling else ''}"
-        if rolling:
+        if window == "minute" or self.limits.rolling:
             size = ROLLING_SECONDS[window] / ROLLING_BUCKETS
-            index = int(now // size)
-            return Charge(key, scope, metric, window, index, ROLLING_BUCKETS, size, 0.0, limit, amount)
-        index, ends = period(window, now, self.zone)
-        return Charge(key, scope, metric, window, index, 1, 0.0, ends, limit, amount)
+            key = f"{scope}:{metric}:{window}~"
+            return Charge(
+                key, scope, metric, window, int(now // size), ROLLING_BUCKETS, size, 0.0, limit, amount
+            )
+        current = self._periods.get(window)
+        if current is None or not current[1] <= now < current[2]:
+            current = self._periods[window] = period(window, now, self.zone)
+        key = f"{scope}:{metric}:{window}"
+        return Charge(key, scope, metric, window, current[0], 1, 0.0, current[2], limit, amount)
 
     def _quota(
         self, scope: str, quota: Quota, tokens: int, cost: int, now: float, track: bool

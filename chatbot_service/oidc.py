@@ -9,8 +9,10 @@ flood of made-up ``kid``s cannot hammer the issuer. Only asymmetric algorithms a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 import httpx2
@@ -26,6 +28,8 @@ ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES
 REFRESH_AFTER = 2.0  # seconds between two JWKS fetches caused by unknown kids
 MAX_AGE = 3600.0  # keys are fetched again after this even if every kid is known
 LEEWAY = 30  # seconds of clock skew tolerated on exp / nbf / iat
+VERIFIED_FOR = 300.0  # a verified token is trusted again without a signature check for this long (or to exp)
+MAX_CACHED = 10_000
 
 
 class OidcVerifier:
@@ -35,6 +39,7 @@ class OidcVerifier:
         self._fetched = 0.0
         self._jwks_uri: str | None = None
         self._lock = asyncio.Lock()
+        self._verified: OrderedDict[bytes, tuple[float, Identity]] = OrderedDict()
 
     def claims_issuer(self, token: str) -> bool:
         """Is this token (unverified) from our issuer? Decides which check it gets."""
@@ -44,7 +49,21 @@ class OidcVerifier:
             return False
         return isinstance(claims, dict) and str(claims.get("iss", "")).rstrip("/") == self.access.issuer
 
+    def known(self, token: str) -> Identity | None:
+        """The identity of a token verified before and not expired (no decoding, no signature check)."""
+        cached = self._verified.get(hashlib.sha256(token.encode()).digest())
+        return cached[1] if cached is not None and cached[0] > time.time() else None
+
     async def verify(self, token: str) -> Identity:
+        """The token's identity, checked; remembered by its digest until it expires."""
+        digest = hashlib.sha256(token.encode()).digest()
+        identity, expires = await self._verify(token)
+        self._verified[digest] = (min(expires, time.time() + VERIFIED_FOR), identity)
+        while len(self._verified) > MAX_CACHED:
+            self._verified.popitem(last=False)
+        return identity
+
+    async def _verify(self, token: str) -> tuple[Identity, float]:
         try:
             kid = jwt.get_unverified_header(token).get("kid")
             key = await self._key(str(kid) if kid is not None else "")
@@ -69,7 +88,7 @@ class OidcVerifier:
         roles = _strings(claims.get(self.access.roles_claim))
         if not self.access.allows(groups, roles):
             raise Forbidden("this identity is not in a group or role this bot allows")
-        return Identity(name, "oidc", groups | roles)
+        return Identity(name, "oidc", groups | roles), float(claims["exp"])
 
     async def _key(self, kid: str) -> jwt.PyJWK | None:
         now = time.monotonic()

@@ -53,6 +53,7 @@ class PriceTable:
     def __init__(self, overrides: Mapping[str, Price] | None = None) -> None:
         self._prices = {**DEFAULT_PRICES, **(overrides or {})}
         self._prefixes = sorted(self._prices, key=len, reverse=True)
+        self._pico: dict[str, tuple[int, int] | None] = {}  # model -> pico-dollars per token, in and out
 
     def price(self, model: str) -> Price | None:
         for name in self._prefixes:
@@ -61,12 +62,19 @@ class PriceTable:
         return None
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> int:
-        """Nano-dollars for one request, rounded up; 0 for a model without a price."""
-        price = self.price(model)
-        if price is None:
+        """Nano-dollars for one request, rounded up; 0 for a model without a price. Integer arithmetic on
+        pico-dollars per token (USD per million tokens to 6 decimals, finer than any price list)."""
+        if model not in self._pico:
+            price = self.price(model)
+            self._pico[model] = None if price is None else (_pico(price.input), _pico(price.output))
+        pico = self._pico[model]
+        if pico is None:
             return 0
-        exact = (prompt_tokens * price.input + completion_tokens * price.output) * 1000
-        return int(exact.to_integral_value(rounding=ROUND_CEILING))
+        return -(-(prompt_tokens * pico[0] + completion_tokens * pico[1]) // 1000)
+
+
+def _pico(usd_per_million: Decimal) -> int:
+    return int((usd_per_million * 10**6).to_integral_value(rounding=ROUND_CEILING))
 
 
 #: The shipped prices, for bots whose spec overrides none.

@@ -41,6 +41,7 @@ type config struct {
 	turnsPerSession int
 	sessions        []string
 	timeout         time.Duration
+	header          string
 }
 
 type chatBody struct {
@@ -110,6 +111,9 @@ func (w *worker) one(ctx context.Context) (time.Duration, error) {
 		return 0, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if name, value, ok := strings.Cut(w.cfg.header, ":"); ok {
+		req.Header.Set(strings.TrimSpace(name), strings.TrimSpace(value))
+	}
 	if w.cfg.mode == "stream" {
 		req.Header.Set("Accept", "text/event-stream")
 	}
@@ -207,6 +211,7 @@ func main() {
 	flag.IntVar(&cfg.turnsPerSession, "turns-per-session", 0, "chat: start a new session after this many turns")
 	flag.StringVar(&sessions, "sessions", "", "chat: comma-separated session ids to take turns on, round-robin")
 	flag.DurationVar(&cfg.timeout, "timeout", 30*time.Second, "per-request timeout")
+	flag.StringVar(&cfg.header, "header", "", "one more request header, 'Name: value' (e.g. Authorization)")
 	flag.Parse()
 	fail := func(format string, args ...any) {
 		fmt.Fprintf(os.Stderr, "load: "+format+"\n", args...)

@@ -30,8 +30,9 @@ from kubechat_operator.render import (
     render,
     secret_refs,
     splits_conversations,
+    tokenreview_binding_name,
 )
-from kubechat_operator.status import SPLIT_WARNING, build_status, same_status
+from kubechat_operator.status import SPLIT_WARNING, UNAUTHENTICATED, build_status, same_status
 
 CHILDREN = {"app.kubernetes.io/managed-by": "kubechat-operator"}
 
@@ -69,6 +70,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     memo.rendered = {}  # (kind, namespace, name) -> the rendering this process last applied
     memo.states = {}  # (namespace, bot) -> BotState
     memo.warned = set()  # bots told that in-memory sessions split their conversations
+    memo.unauthenticated = set()  # bots told that anyone may call them (no spec.access)
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
@@ -212,6 +214,11 @@ def reconcile(body: kopf.Body, memo: kopf.Memo, retry: int, **_: Any) -> None:
         memo.warned.add(bot_key)
         message = SPLIT_WARNING.removeprefix("; warning: ")
         kopf.event(body, type="Warning", reason="InMemorySessions", message=message)
+    if (raw.get("spec") or {}).get("access"):
+        memo.unauthenticated.discard(bot_key)
+    elif bot_key not in memo.unauthenticated:  # once, as for in-memory sessions
+        memo.unauthenticated.add(bot_key)
+        kopf.event(body, type="Warning", reason="Unauthenticated", message=UNAUTHENTICATED)
     if previous.get("configHash") != digest:
         kopf.event(
             body,
@@ -265,3 +272,11 @@ def child_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwar
     else:
         return
     publish_status(memo, raw)
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def bot_deleted(event: kopf.RawEvent, name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A cluster-scoped child cannot be owned by a namespaced bot: delete its TokenReview binding here."""
+    access = (event["object"].get("spec") or {}).get("access") or {}
+    if event["type"] == "DELETED" and namespace and "serviceAccounts" in access:
+        memo.kube.delete_cluster_role_binding(tokenreview_binding_name(name, namespace))

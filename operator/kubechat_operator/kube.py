@@ -17,6 +17,10 @@ _PATHS = {
     ("v1", "ConfigMap"): "/api/v1/namespaces/{ns}/configmaps/{name}",
     ("v1", "Service"): "/api/v1/namespaces/{ns}/services/{name}",
     ("apps/v1", "Deployment"): "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
+    ("v1", "ServiceAccount"): "/api/v1/namespaces/{ns}/serviceaccounts/{name}",
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): (
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}"
+    ),
 }
 
 
@@ -52,7 +56,7 @@ class Kube:
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply ``obj`` (force: the operator owns these fields); returns the live object."""
         meta = obj["metadata"]
-        path = _PATHS[(obj["apiVersion"], obj["kind"])].format(ns=meta["namespace"], name=meta["name"])
+        path = _PATHS[(obj["apiVersion"], obj["kind"])].format(ns=meta.get("namespace"), name=meta["name"])
         return self._call(
             "PATCH",
             path,
@@ -92,6 +96,18 @@ class Kube:
                 return None
             raise
         return True
+
+    def delete_cluster_role_binding(self, name: str) -> None:
+        """Delete a ClusterRoleBinding; gone already is fine."""
+        try:
+            self._call(
+                "DELETE",
+                f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}",
+                headers={"Accept": "application/json"},
+            )
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
 
     def patch_bot_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self._call(

@@ -17,6 +17,9 @@ from kubechat_operator import GROUP, VERSION
 
 APP_PORT = 8080
 CONFIG_DIR = "/etc/kubechat/config"
+API_KEYS_DIR = "/etc/kubechat/api-keys"  # the access.apiKeys Secret, one file per client
+#: Shipped by the Helm chart: create TokenReviews, nothing else; bound to a bot's pods when it needs it.
+TOKENREVIEW_ROLE = "kubechat-tokenreview"
 CONNECTION_STRING_PATH = "appconfig/connection_string"  # inside CONFIG_DIR; a directory, so not a setting
 HASH_ANNOTATION = "kubechat.dev/config-hash"
 REFRESH_ANNOTATION = "kubechat.dev/refresh-requested-at"
@@ -49,9 +52,11 @@ class Children:
     deployment: dict[str, Any]
     service: dict[str, Any]
     config_hash: str
+    #: What access.serviceAccounts needs: the pods' ServiceAccount and its TokenReview binding.
+    access: tuple[dict[str, Any], ...] = ()
 
     def all(self) -> list[dict[str, Any]]:
-        return [self.config_map, self.deployment, self.service]
+        return [*self.access, self.config_map, self.deployment, self.service]
 
 
 def labels(bot: str) -> dict[str, str]:
@@ -111,6 +116,9 @@ def settings_data(bot: str, spec: dict[str, Any], annotations: dict[str, str]) -
     store = (spec.get("sessionStore") or {}).get("type")
     if store:
         data["session_store"] = store
+    for field in ("access", "limits"):  # the service parses and validates them (chatbot_service.policy)
+        if spec.get(field):
+            data[field] = json.dumps(spec[field], sort_keys=True, separators=(",", ":"))
     refresh = annotations.get(REFRESH_ANNOTATION)
     if refresh:
         data["refresh_requested_at"] = refresh  # changes a file: pods reload now, without a rollout
@@ -145,6 +153,8 @@ def _env(bot: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
         },
     ]
     app_config = spec.get("appConfiguration")
+    if (spec.get("access") or {}).get("apiKeys"):
+        env.append({"name": "KUBECHAT_API_KEYS_DIR", "value": API_KEYS_DIR})
     if app_config:
         if app_config.get("endpoint"):
             env.append({"name": "KUBECHAT_APPCONFIG_ENDPOINT", "value": app_config["endpoint"]})
@@ -186,7 +196,7 @@ def render(body: dict[str, Any], defaults: OperatorDefaults) -> Children:
         "metadata": _meta(config_map_name(bot), bot, namespace, uid),
         "data": data,
     }
-    container = {
+    container: dict[str, Any] = {
         "name": "bot",
         "image": spec.get("image") or defaults.image,
         "imagePullPolicy": spec.get("imagePullPolicy") or defaults.image_pull_policy,
@@ -225,14 +235,24 @@ def render(body: dict[str, Any], defaults: OperatorDefaults) -> Children:
             "fsGroup": 10001,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "automountServiceAccountToken": bool(spec.get("serviceAccountName")),
+        "automountServiceAccountToken": bool(spec.get("serviceAccountName") or _reviews_tokens(spec)),
         "volumes": [
             {"name": "config", "projected": {"sources": _projected_sources(bot, spec), "defaultMode": 0o440}},
             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
         ],
     }
-    if spec.get("serviceAccountName"):
-        pod_spec["serviceAccountName"] = spec["serviceAccountName"]
+    account = spec.get("serviceAccountName") or (bot_account(bot) if _reviews_tokens(spec) else None)
+    if account:
+        pod_spec["serviceAccountName"] = account
+    keys = ((spec.get("access") or {}).get("apiKeys") or {}).get("secretRef")
+    if keys:  # its own volume: a client's entry name is a file name, and must not meet the settings
+        pod_spec["volumes"].append(
+            {
+                "name": "api-keys",
+                "secret": {"secretName": keys["name"], "optional": True, "defaultMode": 0o440},
+            }
+        )
+        container["volumeMounts"].append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
     pod_labels = labels(bot)
     if (spec.get("appConfiguration") or {}).get("endpoint"):
         # Azure workload identity: the webhook injects AZURE_CLIENT_ID, AZURE_TENANT_ID and the token file
@@ -265,7 +285,52 @@ def render(body: dict[str, Any], defaults: OperatorDefaults) -> Children:
             ],
         },
     }
-    return Children(config_map, deployment, service, digest)
+    access = _access_children(bot, namespace, uid, spec, account) if _reviews_tokens(spec) else ()
+    return Children(config_map, deployment, service, digest, access)
+
+
+def bot_account(bot: str) -> str:
+    return f"{bot}-chatbot"
+
+
+def tokenreview_binding_name(bot: str, namespace: str) -> str:
+    return f"kubechat-tokenreview:{namespace}:{bot}"
+
+
+def _reviews_tokens(spec: dict[str, Any]) -> bool:
+    return bool((spec.get("access") or {}).get("serviceAccounts") is not None)
+
+
+def _access_children(
+    bot: str, namespace: str, uid: str, spec: dict[str, Any], account: str | None
+) -> tuple[dict[str, Any], ...]:
+    """The pods' ServiceAccount (unless the spec names its own) and a ClusterRoleBinding giving it
+    exactly the right to create TokenReviews (cluster-scoped, so it carries no owner reference: the
+    operator deletes it with the bot)."""
+    children: list[dict[str, Any]] = []
+    if not spec.get("serviceAccountName"):
+        children.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": _meta(bot_account(bot), bot, namespace, uid),
+                "automountServiceAccountToken": False,  # the pod mounts its token, nothing else does
+            }
+        )
+    children.append(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": tokenreview_binding_name(bot, namespace), "labels": labels(bot)},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": TOKENREVIEW_ROLE,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+        }
+    )
+    return tuple(children)
 
 
 def secret_mounts(spec: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -289,7 +354,11 @@ def secret_mounts(spec: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def secret_refs(spec: dict[str, Any]) -> list[tuple[str, str]]:
     """(Secret name, key) pairs the bot cannot work without."""
-    return [(name, key) for name, key, _ in secret_mounts(spec)]
+    refs = [(name, key) for name, key, _ in secret_mounts(spec)]
+    keys = ((spec.get("access") or {}).get("apiKeys") or {}).get("secretRef")
+    if keys:
+        refs.append((keys["name"], "any: one entry per client"))
+    return refs
 
 
 def splits_conversations(spec: dict[str, Any]) -> bool:

@@ -17,6 +17,12 @@ SPLIT_WARNING = (
 )
 
 
+UNAUTHENTICATED = (
+    "no spec.access: anyone who can reach the bot's Service may use it, on this bot's OpenAI key; "
+    "set spec.access (apiKeys, serviceAccounts or oidc)"
+)
+
+
 @dataclass(frozen=True)
 class Condition:
     type: str
@@ -95,7 +101,32 @@ def conditions(
             ready_condition.reason,
             ready_condition.message + SPLIT_WARNING,
         )
-    return [ready_condition, progressing, degraded]
+    return [ready_condition, progressing, degraded, *access_conditions(spec)]
+
+
+def access_conditions(spec: dict[str, Any]) -> list[Condition]:
+    """Authenticated (who may call) and, with limits, LimitsShared (where they are counted)."""
+    access = spec.get("access") or {}
+    if access:
+        kinds = [k for k in ("apiKeys", "serviceAccounts", "oidc") if k in access]
+        found = [Condition("Authenticated", True, "AccessConfigured", "callers need " + ", ".join(kinds))]
+    else:
+        found = [Condition("Authenticated", False, "Unauthenticated", UNAUTHENTICATED)]
+    limits = spec.get("limits")
+    if limits:
+        if (spec.get("sessionStore") or {}).get("type") == "redis":
+            down = "admits uncounted" if limits.get("redisDown") == "allow" else "refuses requests"
+            message = (
+                f"limits are counted in Redis, shared by every replica; while Redis is down the bot {down}"
+            )
+            found.append(Condition("LimitsShared", True, "Redis", message))
+        else:
+            message = (
+                "limits are counted in each pod's memory: every replica allows the full limits "
+                "(set spec.sessionStore.type to redis to share them)"
+            )
+            found.append(Condition("LimitsShared", False, "PerPod", message))
+    return found
 
 
 def build_status(

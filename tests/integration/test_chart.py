@@ -65,6 +65,11 @@ def only(docs: list[Manifest], kind: str) -> list[Manifest]:
     return [d for d in docs if d["kind"] == kind]
 
 
+def named(docs: list[Manifest], kind: str, name: str) -> Manifest:
+    (found,) = [d for d in only(docs, kind) if d["metadata"]["name"] == name]
+    return found
+
+
 def container_args(docs: list[Manifest]) -> list[str]:
     (deployment,) = only(docs, "Deployment")
     args: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -88,6 +93,7 @@ OBJECT_GRANTS = {
     ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
+    ("", "serviceaccounts"): {"get", "create", "patch"},
     ("", "events"): {"create"},
     ("", "secrets"): {"get"},
 }
@@ -162,6 +168,9 @@ def test_defaults_render_a_cluster_wide_restricted_operator(helm: Callable[..., 
     docs = render(helm, "kc", "kubechat-system")
     assert sorted(d["kind"] for d in docs) == [
         "ClusterRole",
+        "ClusterRole",
+        "ClusterRole",
+        "ClusterRoleBinding",
         "ClusterRoleBinding",
         "Deployment",
         "ServiceAccount",
@@ -187,12 +196,29 @@ def test_defaults_render_a_cluster_wide_restricted_operator(helm: Callable[..., 
         assert container[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert {"name": "health", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
     assert container["resources"]["limits"]["memory"]
-    (role,) = only(docs, "ClusterRole")
+    role = named(docs, "ClusterRole", "kc-kubechat")
     assert rules_by_resource(role) == OBJECT_GRANTS | CRDS_GRANT
-    (binding,) = only(docs, "ClusterRoleBinding")
+    binding = named(docs, "ClusterRoleBinding", "kc-kubechat")
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "kc-kubechat", "namespace": "kubechat-system"}
     ]
+
+
+def test_bots_pods_may_get_exactly_token_review_and_the_operator_may_bind_only_that(
+    helm: Callable[..., str],
+) -> None:
+    docs = render(helm, "kc", "kubechat-system")
+    assert rules_by_resource(named(docs, "ClusterRole", "kubechat-tokenreview")) == {
+        ("authentication.k8s.io", "tokenreviews"): {"create"}
+    }
+    binder = named(docs, "ClusterRole", "kc-kubechat-tokenreview-binder")
+    assert rules_by_resource(binder) == {
+        ("rbac.authorization.k8s.io", "clusterrolebindings"): {"get", "create", "patch", "delete"},
+        ("rbac.authorization.k8s.io", "clusterroles"): {"bind"},
+    }
+    assert [r.get("resourceNames") for r in binder["rules"]] == [None, ["kubechat-tokenreview"]]
+    without = render(helm, "kc", "kubechat-system", "rbac.tokenReview=false")
+    assert [d["metadata"]["name"] for d in only(without, "ClusterRole")] == ["kc-kubechat"]
 
 
 def test_namespaced_with_peering_grants_only_in_the_watched_namespaces(helm: Callable[..., str]) -> None:
@@ -207,7 +233,7 @@ def test_namespaced_with_peering_grants_only_in_the_watched_namespaces(helm: Cal
         assert rules_by_resource(role) == OBJECT_GRANTS | peering_grant
     assert sorted(b["metadata"]["namespace"] for b in only(docs, "RoleBinding")) == ["team-a", "team-b"]
     # Kopf lists namespaces and CRDs even when namespaced: that, read-only, is all that is cluster-wide
-    (cluster_role,) = only(docs, "ClusterRole")
+    cluster_role = named(docs, "ClusterRole", "kc-kubechat-discovery")
     assert rules_by_resource(cluster_role) == CRDS_GRANT | {("", "namespaces"): {"list", "watch"}}
     peerings = only(docs, "KopfPeering")
     assert sorted((p["metadata"]["namespace"], p["metadata"]["name"]) for p in peerings) == [
@@ -255,8 +281,7 @@ def test_values_reach_the_pods(helm: Callable[..., str]) -> None:
     assert account["metadata"]["annotations"] == {
         "azure.workload.identity/client-id": "00000000-0000-0000-0000-000000000000"
     }
-    (role,) = only(docs, "ClusterRole")
-    grants = rules_by_resource(role)
+    grants = rules_by_resource(named(docs, "ClusterRole", "bots-kubechat"))
     assert ("", "secrets") not in grants
     assert grants[("kopf.dev", "clusterkopfpeerings")] == {"get", "list", "watch", "patch"}
     (peering,) = only(docs, "ClusterKopfPeering")

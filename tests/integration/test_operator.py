@@ -154,6 +154,7 @@ def test_a_bot_gets_its_deployment_service_and_config_map(bots: Bots) -> None:
         "Ready": "True",
         "Progressing": "False",
         "Degraded": "False",
+        "Authenticated": "False",  # no spec.access: anyone may call
     }
     assert any(e.reason == "Applied" for e in bots.events("helpdesk"))
     # two replicas keeping conversations in memory would split them: said in the condition and an Event

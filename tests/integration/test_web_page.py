@@ -674,3 +674,43 @@ def test_info_names_the_bot_and_never_a_secret(start_bot: BotFactory, bot_env: d
             "ready": False,
             "auth_required": False,
         }
+
+
+def test_a_bot_with_access_asks_for_a_key_and_keeps_it_for_the_tab(
+    browser: Browser, bot_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Against a bot whose access control is real (spec.access with API keys): the page's first call is
+    refused with 401, the sign-in dialog asks for a key, a wrong one is refused and asked for again, the
+    right one gets the answer, and the key stays in this tab's sessionStorage only."""
+    from playwright.sync_api import expect
+
+    from tests.support.mounted import write_keys
+
+    key = "kc-page-7a1c3e5b9d2f4a68"
+    write_keys(tmp_path / "keys", {"page-user": key})
+    env = bot_env | {"KUBECHAT_ACCESS": '{"apiKeys": {}}', "KUBECHAT_API_KEYS_DIR": str(tmp_path / "keys")}
+    with kubechat_serve(env) as bot:
+        context = browser.new_context(locale="en-US")
+        try:
+            page = context.new_page()
+            page.goto(bot.url + "/")
+            box = page.get_by_role("textbox", name="Message")
+            box.fill("hello")
+            box.press("Enter")
+            dialog = page.get_by_role("dialog", name="Sign in")
+            expect(dialog).to_be_visible()
+            expect(dialog).to_contain_text("needs an access key")
+            dialog.get_by_label("Access key").fill("kc-wrong-000000000000")
+            dialog.get_by_label("Access key").press("Enter")
+            expect(dialog).to_contain_text("That key was not accepted")
+            dialog.get_by_label("Access key").fill(key)
+            dialog.get_by_label("Access key").press("Enter")
+            expect(dialog).to_be_hidden()
+            expect(page.locator(".msg.bot").last).to_contain_text("last: hello")
+            stored = page.evaluate(
+                "() => [sessionStorage.getItem('kubechat.key:/'), JSON.stringify(localStorage)]"
+            )
+            assert stored[0] == key and key not in stored[1]
+            expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+        finally:
+            context.close()

@@ -27,17 +27,18 @@ def at(zone: ZoneInfo, year: int, month: int, day: int, hour: int = 0, minute: i
 def test_calendar_periods_follow_the_time_zone_and_daylight_saving() -> None:
     # 2026-03-29 is 23 hours long in Paris (clocks go forward at 02:00)
     noon = at(PARIS, 2026, 3, 29, 12)
-    index, ends = period("day", noon, PARIS)
-    assert ends == at(PARIS, 2026, 3, 30, 0)
-    assert ends - at(PARIS, 2026, 3, 29, 0) == 23 * 3600
+    index, starts, ends = period("day", noon, PARIS)
+    assert (starts, ends) == (at(PARIS, 2026, 3, 29, 0), at(PARIS, 2026, 3, 30, 0))
+    assert ends - starts == 23 * 3600
     assert period("day", at(PARIS, 2026, 3, 29, 23, 59), PARIS)[0] == index
     assert period("day", at(PARIS, 2026, 3, 30, 0, 0), PARIS)[0] == index + 1
     # the same instant is another day in UTC-10
     assert period("day", at(PARIS, 2026, 3, 29, 8), ZoneInfo("Pacific/Honolulu"))[0] == index - 1
     # ISO weeks start on Monday; months end on the first of the next (December into January)
-    assert period("week", noon, PARIS)[1] == at(PARIS, 2026, 3, 30, 0)
-    assert period("week", at(PARIS, 2026, 3, 30, 0), PARIS)[1] == at(PARIS, 2026, 4, 6, 0)
-    assert period("month", at(PARIS, 2026, 12, 31, 23), PARIS)[1] == at(PARIS, 2027, 1, 1, 0)
+    assert period("week", noon, PARIS)[1:] == (at(PARIS, 2026, 3, 23, 0), at(PARIS, 2026, 3, 30, 0))
+    assert period("week", at(PARIS, 2026, 3, 30, 0), PARIS)[2] == at(PARIS, 2026, 4, 6, 0)
+    december = period("month", at(PARIS, 2026, 12, 31, 23), PARIS)
+    assert december[1:] == (at(PARIS, 2026, 12, 1, 0), at(PARIS, 2027, 1, 1, 0))
     assert period("month", at(PARIS, 2027, 1, 1, 0), PARIS)[0] == period("month", noon, PARIS)[0] + 10
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 from kubechat_operator.render import (
@@ -156,3 +157,42 @@ def test_a_redis_session_store_is_wired_from_its_secret() -> None:
     assert not splits_conversations(spec["spec"])
     assert splits_conversations(bot(replicas=2)["spec"])
     assert not splits_conversations(bot(replicas=1)["spec"])
+
+
+def test_access_mounts_the_keys_and_grants_exactly_token_review() -> None:
+    access = {"apiKeys": {"secretRef": {"name": "helpdesk-keys"}}, "serviceAccounts": {"namespaces": ["a"]}}
+    limits = {"perIdentity": {"tokens": {"day": 1000}}}
+    children = render(bot(access=access, limits=limits), OperatorDefaults())
+    kinds = [(c["kind"], c["metadata"]["name"]) for c in children.all()]
+    assert kinds[:2] == [
+        ("ServiceAccount", "helpdesk-chatbot"),
+        ("ClusterRoleBinding", "kubechat-tokenreview:team:helpdesk"),
+    ]
+    binding = children.access[1]
+    assert binding["roleRef"]["name"] == "kubechat-tokenreview"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "helpdesk-chatbot", "namespace": "team"}
+    ]
+    assert "ownerReferences" not in binding["metadata"]  # cluster-scoped: deleted by the operator
+    pod = children.deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "helpdesk-chatbot" and pod["automountServiceAccountToken"] is True
+    (keys,) = [v for v in pod["volumes"] if v["name"] == "api-keys"]
+    assert keys["secret"] == {"secretName": "helpdesk-keys", "optional": True, "defaultMode": 0o440}
+    container = pod["containers"][0]
+    assert {"name": "KUBECHAT_API_KEYS_DIR", "value": "/etc/kubechat/api-keys"} in container["env"]
+    assert {"name": "api-keys", "mountPath": "/etc/kubechat/api-keys", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    data = children.config_map["data"]
+    assert json.loads(data["access"]) == access and json.loads(data["limits"]) == limits
+    assert ("helpdesk-keys", "any: one entry per client") in secret_refs(bot(access=access)["spec"])
+    # the pods of a bot with its own service account use that one, and no account is rendered
+    own = render(bot(access=access, serviceAccountName="mine"), OperatorDefaults())
+    assert [c["kind"] for c in own.access] == ["ClusterRoleBinding"]
+    assert own.access[0]["subjects"][0]["name"] == "mine"
+    # without access, no extra children and no token
+    plain = render(bot(), OperatorDefaults())
+    assert (
+        plain.access == ()
+        and plain.deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    )

@@ -37,6 +37,7 @@ def test_ready_only_when_every_desired_pod_serves() -> None:
         "Ready": ("True", "PodsReady"),
         "Progressing": ("False", "Complete"),
         "Degraded": ("False", "AsExpected"),
+        "Authenticated": ("False", "Unauthenticated"),
     }
     assert status["observedGeneration"] == 3 and status["readyReplicas"] == 2 and status["configHash"] == "h"
     assert by_type(build_status(BOT, deployment(0), "h", None, {}, "t0"))["Ready"] == (
@@ -105,3 +106,19 @@ def test_several_replicas_with_memory_sessions_are_warned_about() -> None:
         "Ready"
     ]
     assert "warning" not in ready["message"]
+
+
+def test_access_and_where_limits_are_counted_are_conditions() -> None:
+    def conditions(**spec: Any) -> dict[str, tuple[str, str]]:
+        body = {"metadata": BOT["metadata"], "spec": {"replicas": 2, **spec}}
+        return by_type(build_status(body, deployment(2), "h", None, {}, "t0"))
+
+    assert conditions()["Authenticated"] == ("False", "Unauthenticated")
+    assert conditions(access={"apiKeys": {"secretRef": {"name": "k"}}})["Authenticated"] == (
+        "True",
+        "AccessConfigured",
+    )
+    assert "LimitsShared" not in conditions()
+    assert conditions(limits={"bot": {"requestsPerMinute": 5}})["LimitsShared"] == ("False", "PerPod")
+    shared = conditions(limits={"redisDown": "allow"}, sessionStore={"type": "redis"})
+    assert shared["LimitsShared"] == ("True", "Redis")
