@@ -36,6 +36,7 @@ const tokensLine = $("tokens");
 const list = $("conversations");
 const noConversations = $("no-conversations");
 const toggleSide = $("toggle-side");
+const main = shell.querySelector(".app");
 
 // Keyboard hints mean nothing on a touch screen.
 const TOUCH = matchMedia("(pointer: coarse)").matches;
@@ -366,6 +367,7 @@ function newConversation() {
 // The side panel is always there on a wide screen; on a phone it slides over the conversation.
 function openSide() {
   shell.classList.add("side-open");
+  main.inert = true; // the panel is over the conversation: keyboard and screen readers stay in it
   toggleSide.setAttribute("aria-expanded", "true");
   (list.querySelector("button") || $("close-side")).focus();
 }
@@ -373,6 +375,7 @@ function openSide() {
 function closeSide() {
   if (!shell.classList.contains("side-open")) return;
   shell.classList.remove("side-open");
+  main.inert = false;
   toggleSide.setAttribute("aria-expanded", "false");
   toggleSide.focus();
 }

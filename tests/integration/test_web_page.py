@@ -543,6 +543,9 @@ def test_trimmed_history_on_a_phone(browser: Browser, tmp_path: Path) -> None:
             expect(side.get_by_role("listitem")).to_have_text(
                 ["turn 0: tell me about the weather in a few words"]
             )
+            expect(side.get_by_role("button", name="turn 0: tell me about")).to_be_focused()
+            page.locator("#input").focus()  # the conversation under the panel is inert while it is open
+            expect(page.locator("#input")).not_to_be_focused()
             page.keyboard.press("Escape")
             expect(side).to_be_hidden()
             expect(toggle).to_be_focused()
