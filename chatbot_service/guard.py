@@ -187,9 +187,9 @@ class Guard:
             return self.memory
         from chatbot_service.redis_counters import RedisCounters
 
-        store = self._stores.get(settings)
+        store = self._stores.redis(settings)
         if self._redis is None or self._redis.store is not store:
-            self._redis = RedisCounters(store)  # type: ignore[arg-type]
+            self._redis = RedisCounters(store)
         return self._redis
 
     async def authenticate(self, settings: Settings | None, authorization: str | None) -> Caller:

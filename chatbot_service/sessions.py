@@ -21,6 +21,7 @@ from chatbot_service.settings import Settings
 
 if TYPE_CHECKING:
     from chatbot_service.metrics import Metrics
+    from chatbot_service.redis_store import RedisStore
 
 T = TypeVar("T")
 
@@ -262,6 +263,7 @@ class Stores:
         self._store: SessionStore | None = None
         self._memory: MemoryStore | None = None
         self._timed_memory: SessionStore | None = None
+        self._redis: RedisStore | None = None
         self._retired: list[SessionStore] = []
         self._metrics = metrics
         if metrics is not None:
@@ -299,18 +301,22 @@ class Stores:
             if self._store is not None:
                 self._retired.append(self._store)  # closed at shutdown: turns in flight may still use it
             assert settings.redis_url is not None
-            self._store = self._timed(
-                RedisStore(
-                    settings.redis_url.reveal(),
-                    namespace=settings.bot_name,
-                    idle_ttl=settings.session_idle_ttl,
-                    max_messages=settings.session_max_messages,
-                    lock_ttl=settings.lock_ttl,
-                ),
-                "redis",
+            self._redis = RedisStore(
+                settings.redis_url.reveal(),
+                namespace=settings.bot_name,
+                idle_ttl=settings.session_idle_ttl,
+                max_messages=settings.session_max_messages,
+                lock_ttl=settings.lock_ttl,
             )
+            self._store = self._timed(self._redis, "redis")
             self._key = key
         return self._store
+
+    def redis(self, settings: Settings) -> RedisStore:
+        """The Redis store itself, for what shares its connection and key prefix (the limit counters)."""
+        self.get(settings)
+        assert self._redis is not None, "the settings do not ask for Redis"
+        return self._redis
 
     async def aclose(self) -> None:
         for store in [*self._retired, *([self._store] if self._store else [])]:
