@@ -44,25 +44,29 @@ class Relay:
         check = CompletionStream()
         queue = self._queue
         try:
-            async for line in self._response.aiter_lines():
-                event = check.feed(line)
-                if event is None:
+            async for piece in self._response.aiter_bytes():
+                events = check.feed(piece)
+                if not events:
                     continue
                 if check.done:
-                    check.check_complete()  # before [DONE] goes out: a client must not see it, then an error
+                    # before [DONE] goes out: a client must not see it, then an error
+                    events += check.finish()
                 if queue.full():
-                    await queue.put(event)  # a slow client: the upstream waits
+                    await queue.put(events)  # a slow client: the upstream waits
                 else:
-                    queue.put_nowait(event)
+                    queue.put_nowait(events)
                 if check.done:
                     break
-            check.check_complete()
+            else:
+                last = check.finish()
+                if last:
+                    queue.put_nowait(last)
             item: Any = _END
         except ChatError as exc:
             item = exc
         except httpx2.HTTPError as exc:
             item = map_transport_error(exc)
-        await self._queue.put(item)
+        await queue.put(item)
 
     async def events(self) -> AsyncIterator[list[StreamEvent] | None]:
         """Batches of the events that arrived since the last one (a fast upstream's chunks go out in
@@ -90,7 +94,7 @@ class Relay:
                     if batch:
                         yield batch
                     raise item
-                batch.append(item)
+                batch.extend(item)
                 if queue.empty():
                     break
                 item = queue.get_nowait()
