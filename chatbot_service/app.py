@@ -361,7 +361,7 @@ async def _passthrough(relay: Relay) -> AsyncGenerator[bytes, None]:
     ends with one ``data: {"error": ...}`` event (which OpenAI SDKs raise as an APIError)."""
     try:
         async for batch in relay.events():
-            yield KEEPALIVE if batch is None else b"".join(event.encoded() for event in batch)
+            yield KEEPALIVE if batch is None else b"".join(event.frame for event in batch)
     except ChatError as exc:
         yield b"data: " + json.dumps(exc.body(), separators=(",", ":")).encode() + b"\n\n"
 

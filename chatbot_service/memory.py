@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 MiB = 1 << 20
-#: The idle process (interpreter, FastAPI, openai, one tokenizer), measured: about 95 MiB; rounded up.
+#: The idle process (interpreter, FastAPI, openai, one tokenizer), measured: about 107 MiB VmRSS.
 BASELINE = 110 * MiB
 #: Requests in flight: 1 MiB bodies, a prompt of up to the context window, a reply, parsed copies.
 IN_FLIGHT = 32 * MiB

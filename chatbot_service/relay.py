@@ -31,7 +31,10 @@ _END = object()
 
 class Relay:
     """``events()`` yields the complete upstream events as they come, or None when it is time for a
-    keep-alive; it raises ``ChatError`` when the stream ends badly. ``aclose()`` releases everything."""
+    keep-alive; it raises ``ChatError`` when the stream ends badly. ``aclose()`` releases everything.
+
+    Whichever route relays, the relay is where a stream is seen whole: it tells the request's ``turn``
+    (metrics, spans) what happened, and settles the caller's ``ticket`` (limits) with what came."""
 
     def __init__(
         self,
@@ -44,11 +47,11 @@ class Relay:
         self._response = response
         self._resources = resources
         self._keepalive = keepalive
-        self._turn = turn  # timed and counted here, whichever route relays
+        self._turn = turn
+        self._ticket = ticket
         self._ended = False
         self._last: dict[str, Any] | None = None  # the newest chunk: it names the model that answered
         self._usage: dict[str, Any] | None = None
-        self._ticket = ticket  # settled when the relay closes, with what came, however it ended
         self._text: list[str] = []
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
         self._reader: asyncio.Task[None] | None = None
@@ -57,25 +60,29 @@ class Relay:
         check = CompletionStream()
         queue = self._queue
         try:
-            async for line in self._response.aiter_lines():
-                event = check.feed(line)
-                if event is None:
+            async for piece in self._response.aiter_bytes():
+                events = check.feed(piece)
+                if not events:
                     continue
                 if check.done:
-                    check.check_complete()  # before [DONE] goes out: a client must not see it, then an error
+                    # before [DONE] goes out: a client must not see it, then an error
+                    events += check.finish()
                 if queue.full():
-                    await queue.put(event)  # a slow client: the upstream waits
+                    await queue.put(events)  # a slow client: the upstream waits
                 else:
-                    queue.put_nowait(event)
+                    queue.put_nowait(events)
                 if check.done:
                     break
-            check.check_complete()
+            else:
+                last = check.finish()
+                if last:
+                    queue.put_nowait(last)
             item: Any = _END
         except ChatError as exc:
             item = exc
         except httpx2.HTTPError as exc:
             item = map_transport_error(exc)
-        await self._queue.put(item)
+        await queue.put(item)
 
     async def events(self) -> AsyncIterator[list[StreamEvent] | None]:
         """Batches of the events that arrived since the last one (a fast upstream's chunks go out in
@@ -105,9 +112,10 @@ class Relay:
                         yield batch
                     self._end(item)
                     raise item
-                if item.chunk is not None:
-                    self._observe(item.chunk)
-                batch.append(item)
+                for event in item:
+                    if event.chunk is not None:
+                        self._observe(event.chunk)
+                batch.extend(item)
                 if queue.empty():
                     break
                 item = queue.get_nowait()

@@ -3,7 +3,9 @@ that ended badly. Pure: no I/O.
 
 A stream is complete when every choice it started has a ``finish_reason`` and ``[DONE]`` came. Anything
 else (a cut, a malformed ``data:`` line, an error event, JSON where events were expected) raises an
-``UpstreamError``, so a caller relays one well-formed error instead of storing half a reply.
+``UpstreamError``, so a caller relays one well-formed error instead of storing half a reply. The parser
+takes the body's bytes as they come and hands back whole events with their frames, so a relay forwards
+the upstream's own bytes, an event at a time, never a fragment.
 """
 
 from __future__ import annotations
@@ -15,21 +17,14 @@ from typing import Any
 from chatbot_service.errors import UpstreamError
 
 KEEPALIVE = b": keep-alive\n\n"
-DONE = b"data: [DONE]\n\n"
 
 
 @dataclass(frozen=True, slots=True)
 class StreamEvent:
-    """One complete event: its ``data`` as sent, and the chunk it holds (None for ``[DONE]``)."""
+    """One complete event: its SSE frame (to forward as is) and the chunk it holds (None: ``[DONE]``)."""
 
-    data: str
+    frame: bytes
     chunk: dict[str, Any] | None
-
-    def encoded(self) -> bytes:
-        """The event as an SSE frame again, byte for byte what the upstream meant."""
-        if "\n" not in self.data:
-            return b"data: " + self.data.encode() + b"\n\n"
-        return "".join(f"data: {line}\n" for line in self.data.split("\n")).encode() + b"\n"
 
 
 def _malformed(what: str) -> UpstreamError:
@@ -37,33 +32,63 @@ def _malformed(what: str) -> UpstreamError:
 
 
 class CompletionStream:
-    """Feed it lines (without their line breaks); it returns each event once a blank line ends it."""
+    """Feed it the body as it arrives; it returns the events each piece completes."""
 
     def __init__(self) -> None:
-        self._data: list[str] = []
+        self._pending = b""
         self._started: set[int] = set()
         self._finished: set[int] = set()
         self.done = False
 
-    def feed(self, line: str) -> StreamEvent | None:
-        if not line:
-            if not self._data:
-                return None
-            data, self._data = "\n".join(self._data), []
-            return self._event(data)
-        if line.startswith(":"):
-            return None  # a comment (the upstream's own keep-alive)
-        field, _, value = line.partition(":")
-        if field == "data":
-            self._data.append(value[1:] if value.startswith(" ") else value)
-        return None  # event:, id:, retry: carry nothing a completion needs
+    def feed(self, data: bytes) -> list[StreamEvent]:
+        buffer = self._pending + data if self._pending else data
+        if b"\r" in buffer:  # CRLF or CR line ends: rare, so normalised here rather than per line
+            held = buffer.endswith(b"\r")  # its \n may be in the next piece
+            buffer = buffer[:-1] if held else buffer
+            buffer = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + (b"\r" if held else b"")
+        frames = buffer.split(b"\n\n")
+        self._pending = frames.pop()
+        events = []
+        for frame in frames:
+            event = self._frame(frame)
+            if event is not None:
+                events.append(event)
+        return events
 
-    def _event(self, data: str) -> StreamEvent:
+    def finish(self) -> list[StreamEvent]:
+        """At the end of the body: the last event if it lacked its blank line; raise unless the reply is
+        whole."""
+        rest, self._pending = self._pending.rstrip(b"\r\n"), b""
+        events = [] if not rest.strip() else [e for e in (self._frame(rest),) if e is not None]
+        if not self.done or not self._started or self._started - self._finished:
+            raise UpstreamError(
+                502,
+                "upstream_incomplete",
+                "the model API's stream ended before the reply was complete (no finish reason or no [DONE])",
+            )
+        return events
+
+    def _frame(self, frame: bytes) -> StreamEvent | None:
+        if frame.startswith(b"data: ") and b"\n" not in frame:  # what OpenAI sends
+            return self._event(frame[6:], frame + b"\n\n")
+        data = []
+        for line in frame.strip(b"\n").split(b"\n"):
+            if line.startswith(b":"):
+                continue  # a comment (the upstream's own keep-alive)
+            field, _, value = line.partition(b":")
+            if field == b"data":
+                data.append(value[1:] if value.startswith(b" ") else value)
+            # event:, id:, retry: carry nothing a completion needs
+        if not data:
+            return None
+        return self._event(b"\n".join(data), b"".join(b"data: " + d + b"\n" for d in data) + b"\n")
+
+    def _event(self, data: bytes, frame: bytes) -> StreamEvent:
         if self.done:
             raise _malformed("an event after [DONE]")
-        if data.strip() == "[DONE]":
+        if data.strip() == b"[DONE]":
             self.done = True
-            return StreamEvent(data, None)
+            return StreamEvent(frame, None)
         try:
             chunk = json.loads(data)
         except ValueError:
@@ -84,16 +109,7 @@ class CompletionStream:
             self._started.add(index)
             if choice.get("finish_reason"):
                 self._finished.add(index)
-        return StreamEvent(data, chunk)
-
-    def check_complete(self) -> None:
-        """At the end of the upstream's body: raise unless the reply is whole."""
-        if not self.done or not self._started or self._started - self._finished:
-            raise UpstreamError(
-                502,
-                "upstream_incomplete",
-                "the model API's stream ended before the reply was complete (no finish reason or no [DONE])",
-            )
+        return StreamEvent(frame, chunk)
 
 
 def delta_text(chunk: dict[str, Any]) -> str:
