@@ -68,15 +68,6 @@ class Quota:
     tokens: tuple[tuple[str, int], ...] = ()
     cost: tuple[tuple[str, int], ...] = ()  # nano-dollars
 
-    @property
-    def empty(self) -> bool:
-        return (
-            self.requests_per_minute is None
-            and self.tokens_per_minute is None
-            and not self.tokens
-            and not self.cost
-        )
-
 
 @dataclass(frozen=True)
 class Limits:
