@@ -131,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )
     finally:
         procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
     anchor = "off (anchor)"
     rows = []
     for name in p50:

@@ -119,3 +119,17 @@ def test_sessions_belong_to_their_identity_across_replicas(start_bots: Callable[
     assert continued.status_code == 404
     history = httpx2.get(f"{b.url}/sessions/{sid}", headers=owner).json()["messages"]
     assert [m["content"] for m in history] == ["mine", "2 messages; last: mine"]
+
+
+def test_shared_counters_are_settled_to_the_real_usage(
+    start_bots: Callable[..., list[Bot]], upstream: FakeOpenAI
+) -> None:
+    (bot,) = start_bots(1, {"perIdentity": {"tokens": {"day": 100 * TURN}}})
+    body = {"model": "any", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 500}
+    assert httpx2.post(bot.url + "/v1/chat/completions", json=body, timeout=30).status_code == 200
+
+    def settled() -> None:  # reserved PROMPT + 500, settled (after the answer) to PROMPT + COMPLETION
+        (anonymous,) = httpx2.get(bot.url + "/v1/usage").json()["identities"]
+        assert anonymous["windows"]["day"]["tokens"] == TURN
+
+    eventually(settled, timeout=10, what="the reservation settled to the real usage")
