@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kubechat_operator.render import endpoint, selector_string, splits_conversations
+from kubechat_operator.render import endpoint, selector_string
+from kubechat_operator.spec import Bot, BotSpec
 
 SPLIT_WARNING = (
     "; warning: conversations are kept in each pod's memory, so with several replicas a user's next turn "
@@ -33,13 +34,13 @@ def _deployment_condition(deployment: dict[str, Any], kind: str) -> dict[str, An
 
 
 def conditions(
-    spec: dict[str, Any], deployment: dict[str, Any] | None, problem: tuple[str, str] | None
+    spec: BotSpec, deployment: dict[str, Any] | None, problem: tuple[str, str] | None
 ) -> list[Condition]:
     """Ready, Progressing and Degraded, with reasons a person can act on.
 
     ``problem`` is what stopped the operator itself (reason, message), such as a missing Secret.
     """
-    desired = int(spec.get("replicas", 1))
+    desired = spec.replicas
     dstatus = (deployment or {}).get("status") or {}
     ready = int(dstatus.get("readyReplicas") or 0)
     updated = int(dstatus.get("updatedReplicas") or 0)
@@ -88,7 +89,7 @@ def conditions(
             "PodsNotReady",
             f"0 of {desired} pods pass their readiness probe (/readyz names what is missing)",
         )
-    if splits_conversations(spec):
+    if spec.splits_conversations:
         ready_condition = Condition(
             ready_condition.type,
             ready_condition.status,
@@ -99,7 +100,7 @@ def conditions(
 
 
 def build_status(
-    body: dict[str, Any],
+    bot: Bot,
     deployment: dict[str, Any] | None,
     config_hash: str | None,
     problem: tuple[str, str] | None,
@@ -107,12 +108,11 @@ def build_status(
     now: str,
 ) -> dict[str, Any]:
     """The whole status object; ``lastTransitionTime`` only moves when a condition's status flips."""
-    meta, spec = body["metadata"], body.get("spec") or {}
     dstatus = (deployment or {}).get("status") or {}
     old = {c.get("type"): c for c in previous.get("conditions") or ()}
-    generation = meta.get("generation")
+    generation = bot.generation
     rendered = []
-    for c in conditions(spec, deployment, problem):
+    for c in conditions(bot.spec, deployment, problem):
         value = "True" if c.status else "False"
         before = old.get(c.type) or {}
         since = before.get("lastTransitionTime") if before.get("status") == value else now
@@ -131,8 +131,8 @@ def build_status(
         "replicas": int(dstatus.get("replicas") or 0),
         "readyReplicas": int(dstatus.get("readyReplicas") or 0),
         "updatedReplicas": int(dstatus.get("updatedReplicas") or 0),
-        "selector": selector_string(meta["name"]),
-        "endpoint": endpoint(meta["name"], meta["namespace"], spec),
+        "selector": selector_string(bot.name),
+        "endpoint": endpoint(bot.name, bot.namespace, bot.spec),
         "conditions": rendered,
     }
     status["configHash"] = config_hash or previous.get("configHash")

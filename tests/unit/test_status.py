@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubechat_operator.spec import Bot, parse
 from kubechat_operator.status import build_status, same_status
 
-BOT = {"metadata": {"name": "b", "namespace": "ns", "generation": 3}, "spec": {"replicas": 2}}
+BOT = Bot("b", "ns", "u", 3, parse({"replicas": 2}))
 
 
 def deployment(
@@ -88,7 +89,7 @@ def test_transition_times_move_only_on_a_flip() -> None:
 
 
 def test_scaled_to_zero_is_ready_and_says_so() -> None:
-    zero = {**BOT, "spec": {"replicas": 0}}
+    zero = Bot("b", "ns", "u", 3, parse({"replicas": 0}))
     assert by_type(build_status(zero, deployment(0, 0, 0), "h", None, {}, "t"))["Ready"] == (
         "True",
         "ScaledToZero",
@@ -100,7 +101,7 @@ def test_several_replicas_with_memory_sessions_are_warned_about() -> None:
         "Ready"
     ]
     assert ready["status"] == "True" and "sessionStore.type to redis" in ready["message"]
-    redis = {**BOT, "spec": {"replicas": 2, "sessionStore": {"type": "redis"}}}
+    redis = Bot("b", "ns", "u", 3, parse({"replicas": 2, "sessionStore": {"type": "redis"}}))
     ready = {c["type"]: c for c in build_status(redis, deployment(2), "h", None, {}, "t")["conditions"]}[
         "Ready"
     ]
