@@ -1,17 +1,21 @@
 """The few Kubernetes API calls the operator makes. Edge: network I/O through one shared client.
 
-One ``ApiClient`` (one connection pool) serves every handler: a client per call costs a TLS
-handshake on both sides. Children are written only by server-side apply under one field manager.
+One ``ApiClient`` (one connection pool) serves every worker: a client per call costs a TLS handshake
+on both sides. Children are written only by server-side apply under one field manager. A failed call
+raises ``ApiError`` carrying the server's ``Status`` (reason, causes), which ``errors.classify`` sorts.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import uuid
 from typing import Any
 
 from kubernetes import client
 
 from kubechat_operator import FIELD_MANAGER, GROUP, PLURAL, VERSION
+from kubechat_operator.errors import ApiStatus, OperatorError
 
 _PATHS = {
     ("v1", "ConfigMap"): "/api/v1/namespaces/{ns}/configmaps/{name}",
@@ -22,6 +26,16 @@ _PATHS = {
         "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}"
     ),
 }
+_JSON = "application/json"
+_METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
+class ApiError(OperatorError):
+    """A request the API server answered with a failure ``Status``."""
+
+    def __init__(self, status: ApiStatus) -> None:
+        super().__init__(f"HTTP {status.code} {status.reason}: {status.message}")
+        self.status = status
 
 
 class Kube:
@@ -37,7 +51,7 @@ class Kube:
         headers: dict[str, str] | None = None,
         body: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """One request; a non-2xx answer raises ``ApiException`` with the server's status and body."""
+        """One request; a non-2xx answer raises ``ApiError`` with the server's status."""
         method, url, sent_headers, payload, _ = self.api.param_serialize(
             method=method,
             resource_path=path,
@@ -49,7 +63,7 @@ class Kube:
         response = self.api.call_api(method, url, header_params=sent_headers, body=payload)
         raw: bytes = response.read()  # type: ignore[no-untyped-call]
         if not 200 <= response.status <= 299:
-            raise client.ApiException(http_resp=response, body=raw.decode(errors="replace"))
+            raise ApiError(ApiStatus.parse(response.status, raw, response.reason))
         data: dict[str, Any] = json.loads(raw)
         return data
 
@@ -62,24 +76,12 @@ class Kube:
             path,
             body=obj,
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
-            headers={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
+            headers={"Content-Type": "application/apply-patch+yaml", "Accept": _JSON},
         )
 
-    def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            found = self._call(
-                "GET",
-                _PATHS[("apps/v1", "Deployment")].format(ns=namespace, name=name),
-                headers={"Accept": "application/json"},
-            )
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-        return found
-
     def secret_exists(self, namespace: str, name: str) -> bool | None:
-        """Whether a Secret exists, asked as ``PartialObjectMetadata``: its values never travel.
+        """Whether a Secret exists, asked as ``PartialObjectMetadata`` (its values never travel) from the
+        API server's watch cache (``resourceVersion=0``: no etcd read).
 
         None when RBAC does not let the operator look (then the pods' readiness tells).
         """
@@ -87,12 +89,13 @@ class Kube:
             self._call(
                 "GET",
                 f"/api/v1/namespaces/{namespace}/secrets/{name}",
-                headers={"Accept": "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"},
+                query=[("resourceVersion", "0")],
+                headers={"Accept": _METADATA_ONLY},
             )
-        except client.ApiException as exc:
-            if exc.status == 404:
+        except ApiError as exc:
+            if exc.status.reason == "NotFound":
                 return False
-            if exc.status == 403:
+            if exc.status.reason == "Forbidden":
                 return None
             raise
         return True
@@ -103,10 +106,10 @@ class Kube:
             self._call(
                 "DELETE",
                 f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}",
-                headers={"Accept": "application/json"},
+                headers={"Accept": _JSON},
             )
-        except client.ApiException as exc:
-            if exc.status != 404:
+        except ApiError as exc:
+            if exc.status.code != 404:
                 raise
 
     def patch_bot_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
@@ -114,5 +117,35 @@ class Kube:
             "PATCH",
             f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}/status",
             body={"status": status},
-            headers={"Content-Type": "application/merge-patch+json", "Accept": "application/json"},
+            headers={"Content-Type": "application/merge-patch+json", "Accept": _JSON},
+        )
+
+    def post_event(self, bot: dict[str, str], type_: str, reason: str, message: str) -> None:
+        """A core v1 Event on the bot (``kubectl describe chatbot`` shows it)."""
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        namespace = bot["namespace"]
+        self._call(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/events",
+            body={
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": f"{bot['name']}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+                "involvedObject": {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "ChatBot",
+                    "name": bot["name"],
+                    "namespace": namespace,
+                    "uid": bot["uid"],
+                },
+                "reason": reason,
+                "message": message[:1024],
+                "type": type_,
+                "source": {"component": FIELD_MANAGER},
+                "reportingComponent": FIELD_MANAGER,
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+            },
+            headers={"Content-Type": _JSON, "Accept": _JSON},
         )

@@ -44,20 +44,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=["Always", "IfNotPresent", "Never"],
     )
     parser.add_argument(
+        "--workers", type=int, default=4, help="bots reconciled at once (each one by one worker at a time)"
+    )
+    parser.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=1800.0,
+        help="apply every bot in full this often, whatever the watches said (0: never)",
+    )
+    parser.add_argument(
         "--log-level",
         default=os.environ.get("KUBECHAT_LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
     )
     args = parser.parse_args(argv)
 
-    if args.bot_image:
-        os.environ["KUBECHAT_BOT_IMAGE"] = args.bot_image
-    if args.bot_image_pull_policy:
-        os.environ["KUBECHAT_BOT_IMAGE_PULL_POLICY"] = args.bot_image_pull_policy
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
 
     import kopf
 
     import kubechat_operator.handlers  # noqa: F401  (registers the handlers)
+    from kubechat_operator.controller import ControllerConfig
+    from kubechat_operator.memo import OperatorMemo
+    from kubechat_operator.render import OperatorDefaults
+
+    defaults = OperatorDefaults()
+    memo = OperatorMemo(
+        ControllerConfig(
+            defaults=OperatorDefaults(
+                image=args.bot_image or defaults.image,
+                image_pull_policy=args.bot_image_pull_policy or defaults.image_pull_policy,
+            ),
+            workers=args.workers,
+            resync_seconds=args.resync_seconds,
+        )
+    )
 
     kopf.configure(verbose=args.log_level == "debug", quiet=args.log_level in ("warning", "error"))
     kopf.run(
@@ -67,6 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=None if args.liveness == "none" else args.liveness,
+        memo=memo,
     )
     return 0
 

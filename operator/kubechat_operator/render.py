@@ -10,32 +10,24 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kubechat_operator import GROUP, VERSION
+from kubechat_operator.spec import CONNECTION_STRING_PATH, Bot, BotSpec
 
 APP_PORT = 8080
 CONFIG_DIR = "/etc/kubechat/config"
 API_KEYS_DIR = "/etc/kubechat/api-keys"  # the access.apiKeys Secret, one file per client
 #: Shipped by the Helm chart: create TokenReviews, nothing else; bound to a bot's pods when it needs it.
 TOKENREVIEW_ROLE = "kubechat-tokenreview"
-CONNECTION_STRING_PATH = "appconfig/connection_string"  # inside CONFIG_DIR; a directory, so not a setting
 HASH_ANNOTATION = "kubechat.dev/config-hash"
 REFRESH_ANNOTATION = "kubechat.dev/refresh-requested-at"
 BOT_LABEL = "kubechat.dev/bot"
 
 # Measured: ~107 MiB RSS idle, ~175 MiB with the session store full (its budget from the 256Mi limit).
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
-
-# spec field -> canonical setting name (the chat service's file names in its config dir)
-_SPEC_SETTINGS = {
-    "systemPrompt": "system_prompt",
-    "model": "model",
-    "temperature": "temperature",
-    "maxContextTokens": "max_context_tokens",
-    "maxReplyTokens": "max_reply_tokens",
-}
 
 
 @dataclass(frozen=True)
@@ -80,8 +72,8 @@ def config_map_name(bot: str) -> str:
     return f"{bot}-config"
 
 
-def endpoint(bot: str, namespace: str, spec: dict[str, Any]) -> str:
-    port = (spec.get("service") or {}).get("port", 80)
+def endpoint(bot: str, namespace: str, spec: BotSpec) -> str:
+    port = spec.service.port
     suffix = "" if port == 80 else f":{port}"
     return f"http://{bot}.{namespace}.svc{suffix}"
 
@@ -103,45 +95,53 @@ def _meta(name: str, bot: str, namespace: str, uid: str) -> dict[str, Any]:
     return {"name": name, "namespace": namespace, "labels": labels(bot), "ownerReferences": _owner(bot, uid)}
 
 
-def settings_data(bot: str, spec: dict[str, Any], annotations: dict[str, str]) -> dict[str, str]:
-    """The explicit, non-secret settings of the spec, one entry per canonical key."""
+def _number(value: float | int) -> str:
+    return json.dumps(value)
+
+
+def settings_data(bot: str, spec: BotSpec, annotations: Mapping[str, str]) -> dict[str, str]:
+    """The explicit, non-secret settings of the spec, one entry per canonical key (the chat service's
+    file names in its config dir); what the spec leaves unset is left to App Configuration or the service."""
     data = {"bot_name": bot}
-    for field, key in _SPEC_SETTINGS.items():
-        if spec.get(field) is not None:
-            value = spec[field]
-            data[key] = json.dumps(value) if isinstance(value, float | int) else str(value)
-    base_url = (spec.get("openAI") or {}).get("baseUrl")
-    if base_url:
-        data["openai_base_url"] = base_url
-    store = (spec.get("sessionStore") or {}).get("type")
-    if store:
-        data["session_store"] = store
-    for field in ("access", "limits"):  # the service parses and validates them (chatbot_service.policy)
-        if spec.get(field):
-            data[field] = json.dumps(spec[field], sort_keys=True, separators=(",", ":"))
+    if spec.system_prompt is not None:
+        data["system_prompt"] = spec.system_prompt
+    data["model"] = spec.model
+    if spec.temperature is not None:
+        data["temperature"] = _number(spec.temperature)
+    if spec.max_context_tokens is not None:
+        data["max_context_tokens"] = _number(spec.max_context_tokens)
+    if spec.max_reply_tokens is not None:
+        data["max_reply_tokens"] = _number(spec.max_reply_tokens)
+    if spec.open_ai.base_url:
+        data["openai_base_url"] = spec.open_ai.base_url
+    if spec.session_store:
+        data["session_store"] = spec.session_store.type
+    for key, value in (("access", spec.access), ("limits", spec.limits)):
+        if value:  # the service parses and validates them (chatbot_service.policy)
+            data[key] = json.dumps(value, sort_keys=True, separators=(",", ":"))
     refresh = annotations.get(REFRESH_ANNOTATION)
     if refresh:
         data["refresh_requested_at"] = refresh  # changes a file: pods reload now, without a rollout
     return data
 
 
-def _projected_sources(bot: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
+def _projected_sources(bot: str, spec: BotSpec) -> list[dict[str, Any]]:
     """Everything the service reads from files, in one directory: settings, prompt, key, connection string.
 
     Secrets are mounted ``optional`` so a missing one leaves the pod running and not ready (its
     ``/readyz`` says what is missing) instead of stuck, and it heals once the Secret appears.
     """
     sources: list[dict[str, Any]] = [{"configMap": {"name": config_map_name(bot)}}]
-    prompt_map = (spec.get("systemPromptFrom") or {}).get("configMapKeyRef")
+    prompt_map = spec.system_prompt_from.config_map_key_ref if spec.system_prompt_from else None
     if prompt_map:
-        items = [{"key": prompt_map["key"], "path": "system_prompt"}]
-        sources.append({"configMap": {"name": prompt_map["name"], "items": items}})
-    for name, key, path in secret_mounts(spec):
+        items = [{"key": prompt_map.key, "path": "system_prompt"}]
+        sources.append({"configMap": {"name": prompt_map.name, "items": items}})
+    for name, key, path in spec.secret_refs():
         sources.append({"secret": {"name": name, "items": [{"key": key, "path": path}], "optional": True}})
     return sources
 
 
-def _env(bot: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
+def _env(bot: str, spec: BotSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "KUBECHAT_CONFIG_DIR", "value": CONFIG_DIR},
         {"name": "KUBECHAT_BOT_NAME", "value": bot},
@@ -152,12 +152,12 @@ def _env(bot: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
             "valueFrom": {"resourceFieldRef": {"containerName": "bot", "resource": "limits.memory"}},
         },
     ]
-    app_config = spec.get("appConfiguration")
-    if (spec.get("access") or {}).get("apiKeys"):
+    if spec.api_keys_secret:
         env.append({"name": "KUBECHAT_API_KEYS_DIR", "value": API_KEYS_DIR})
+    app_config = spec.app_configuration
     if app_config:
-        if app_config.get("endpoint"):
-            env.append({"name": "KUBECHAT_APPCONFIG_ENDPOINT", "value": app_config["endpoint"]})
+        if app_config.endpoint:
+            env.append({"name": "KUBECHAT_APPCONFIG_ENDPOINT", "value": app_config.endpoint})
         else:
             env.append(
                 {
@@ -165,15 +165,11 @@ def _env(bot: str, spec: dict[str, Any]) -> list[dict[str, Any]]:
                     "value": f"{CONFIG_DIR}/{CONNECTION_STRING_PATH}",
                 }
             )
-        env.append({"name": "KUBECHAT_APPCONFIG_KEY_PREFIX", "value": app_config.get("keyPrefix", f"{bot}:")})
-        if app_config.get("label"):
-            env.append({"name": "KUBECHAT_APPCONFIG_LABEL", "value": app_config["label"]})
-        env.append(
-            {
-                "name": "KUBECHAT_APPCONFIG_REFRESH_INTERVAL",
-                "value": str(app_config.get("refreshInterval", 30)),
-            }
-        )
+        prefix = app_config.key_prefix if app_config.key_prefix is not None else f"{bot}:"
+        env.append({"name": "KUBECHAT_APPCONFIG_KEY_PREFIX", "value": prefix})
+        if app_config.label:
+            env.append({"name": "KUBECHAT_APPCONFIG_LABEL", "value": app_config.label})
+        env.append({"name": "KUBECHAT_APPCONFIG_REFRESH_INTERVAL", "value": str(app_config.refresh_interval)})
     return env
 
 
@@ -184,25 +180,28 @@ def config_hash(data: dict[str, str], template: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def render(body: dict[str, Any], defaults: OperatorDefaults) -> Children:
+def render(body: Mapping[str, Any], defaults: OperatorDefaults) -> Children:
     """Render a ChatBot (as the API server returns it, defaults applied) into its children."""
-    meta = body["metadata"]
-    bot, namespace, uid = meta["name"], meta["namespace"], meta["uid"]
-    spec = body.get("spec") or {}
-    data = settings_data(bot, spec, meta.get("annotations") or {})
+    return render_bot(Bot.from_body(body), defaults)
+
+
+def render_bot(bot: Bot, defaults: OperatorDefaults) -> Children:
+    """The bot's ConfigMap, Deployment and Service, and the hash of what its pods read."""
+    name, namespace, uid, spec = bot.name, bot.namespace, bot.uid, bot.spec
+    data = settings_data(name, spec, bot.annotations)
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(config_map_name(bot), bot, namespace, uid),
+        "metadata": _meta(config_map_name(name), name, namespace, uid),
         "data": data,
     }
     container: dict[str, Any] = {
         "name": "bot",
-        "image": spec.get("image") or defaults.image,
-        "imagePullPolicy": spec.get("imagePullPolicy") or defaults.image_pull_policy,
+        "image": spec.image or defaults.image,
+        "imagePullPolicy": spec.image_pull_policy or defaults.image_pull_policy,
         "args": ["serve", "--host", "0.0.0.0", "--port", str(APP_PORT)],
         "ports": [{"name": "http", "containerPort": APP_PORT, "protocol": "TCP"}],
-        "env": _env(bot, spec),
+        "env": _env(name, spec),
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": "http"},
             "periodSeconds": 5,
@@ -213,7 +212,7 @@ def render(body: dict[str, Any], defaults: OperatorDefaults) -> Children:
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
-        "resources": spec.get("resources") or DEFAULT_RESOURCES,
+        "resources": (spec.resources.as_dict() if spec.resources else None) or DEFAULT_RESOURCES,
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -235,26 +234,30 @@ def render(body: dict[str, Any], defaults: OperatorDefaults) -> Children:
             "fsGroup": 10001,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "automountServiceAccountToken": bool(spec.get("serviceAccountName") or _reviews_tokens(spec)),
+        "automountServiceAccountToken": bool(spec.service_account_name or spec.reviews_tokens),
         "volumes": [
-            {"name": "config", "projected": {"sources": _projected_sources(bot, spec), "defaultMode": 0o440}},
+            {
+                "name": "config",
+                "projected": {"sources": _projected_sources(name, spec), "defaultMode": 0o440},
+            },
             {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
         ],
     }
-    account = spec.get("serviceAccountName") or (bot_account(bot) if _reviews_tokens(spec) else None)
+    account = spec.service_account_name or (bot_account(name) if spec.reviews_tokens else None)
     if account:
         pod_spec["serviceAccountName"] = account
-    keys = ((spec.get("access") or {}).get("apiKeys") or {}).get("secretRef")
-    if keys:  # its own volume: a client's entry name is a file name, and must not meet the settings
+    if (
+        spec.api_keys_secret
+    ):  # its own volume: a client's entry name is a file name, and must not meet the settings
         pod_spec["volumes"].append(
             {
                 "name": "api-keys",
-                "secret": {"secretName": keys["name"], "optional": True, "defaultMode": 0o440},
+                "secret": {"secretName": spec.api_keys_secret, "optional": True, "defaultMode": 0o440},
             }
         )
         container["volumeMounts"].append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
-    pod_labels = labels(bot)
-    if (spec.get("appConfiguration") or {}).get("endpoint"):
+    pod_labels = labels(name)
+    if spec.app_configuration and spec.app_configuration.endpoint:
         # Azure workload identity: the webhook injects AZURE_CLIENT_ID, AZURE_TENANT_ID and the token file
         # into pods carrying this label whose service account names the identity.
         pod_labels["azure.workload.identity/use"] = "true"
@@ -264,28 +267,25 @@ def render(body: dict[str, Any], defaults: OperatorDefaults) -> Children:
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(bot, bot, namespace, uid),
+        "metadata": _meta(name, name, namespace, uid),
         "spec": {
-            "replicas": spec.get("replicas", 1),
-            "selector": {"matchLabels": selector(bot)},
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector(name)},
             "template": template,
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
         },
     }
-    svc_spec = spec.get("service") or {}
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(bot, bot, namespace, uid),
+        "metadata": _meta(name, name, namespace, uid),
         "spec": {
-            "type": svc_spec.get("type", "ClusterIP"),
-            "selector": selector(bot),
-            "ports": [
-                {"name": "http", "port": svc_spec.get("port", 80), "targetPort": "http", "protocol": "TCP"}
-            ],
+            "type": spec.service.type,
+            "selector": selector(name),
+            "ports": [{"name": "http", "port": spec.service.port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
-    access = _access_children(bot, namespace, uid, spec, account) if _reviews_tokens(spec) else ()
+    access = _access_children(name, namespace, uid, spec, account) if spec.reviews_tokens and account else ()
     return Children(config_map, deployment, service, digest, access)
 
 
@@ -297,23 +297,19 @@ def tokenreview_binding_name(bot: str, namespace: str) -> str:
     return f"kubechat-tokenreview:{namespace}:{bot}"
 
 
-def _reviews_tokens(spec: dict[str, Any]) -> bool:
-    return bool((spec.get("access") or {}).get("serviceAccounts") is not None)
-
-
 def _access_children(
-    bot: str, namespace: str, uid: str, spec: dict[str, Any], account: str | None
+    bot: str, namespace: str, uid: str, spec: BotSpec, account: str
 ) -> tuple[dict[str, Any], ...]:
     """The pods' ServiceAccount (unless the spec names its own) and a ClusterRoleBinding giving it
     exactly the right to create TokenReviews (cluster-scoped, so it carries no owner reference: the
     operator deletes it with the bot)."""
     children: list[dict[str, Any]] = []
-    if not spec.get("serviceAccountName"):
+    if not spec.service_account_name:
         children.append(
             {
                 "apiVersion": "v1",
                 "kind": "ServiceAccount",
-                "metadata": _meta(bot_account(bot), bot, namespace, uid),
+                "metadata": _meta(account, bot, namespace, uid),
                 "automountServiceAccountToken": False,  # the pod mounts its token, nothing else does
             }
         )
@@ -331,38 +327,3 @@ def _access_children(
         }
     )
     return tuple(children)
-
-
-def secret_mounts(spec: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(Secret name, key, file in the config dir) for every Secret the bot reads: one table serves the
-    mounts and the check that the Secrets exist."""
-    mounts = []
-    for ref, default_key, path in (
-        ((spec.get("systemPromptFrom") or {}).get("secretKeyRef"), "", "system_prompt"),
-        ((spec.get("openAI") or {}).get("apiKeySecretRef"), "apiKey", "openai_api_key"),
-        ((spec.get("sessionStore") or {}).get("redisUrlSecretRef"), "url", "redis_url"),
-        (
-            (spec.get("appConfiguration") or {}).get("connectionStringSecretRef"),
-            "connectionString",
-            CONNECTION_STRING_PATH,
-        ),
-    ):
-        if ref:
-            mounts.append((ref["name"], ref.get("key", default_key), path))
-    return mounts
-
-
-def secret_refs(spec: dict[str, Any]) -> list[tuple[str, str]]:
-    """(Secret name, key) pairs the bot cannot work without."""
-    refs = [(name, key) for name, key, _ in secret_mounts(spec)]
-    keys = ((spec.get("access") or {}).get("apiKeys") or {}).get("secretRef")
-    if keys:
-        refs.append((keys["name"], "any: one entry per client"))
-    return refs
-
-
-def splits_conversations(spec: dict[str, Any]) -> bool:
-    """More than one replica with conversations in each pod's memory: a user's next turn may land on a
-    pod that has never seen the conversation."""
-    store = (spec.get("sessionStore") or {}).get("type", "memory")
-    return int(spec.get("replicas", 1)) > 1 and store == "memory"

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kubechat_operator.render import endpoint, selector_string, splits_conversations
+from kubechat_operator.render import endpoint, selector_string
+from kubechat_operator.spec import Bot, BotSpec
 
 SPLIT_WARNING = (
     "; warning: conversations are kept in each pod's memory, so with several replicas a user's next turn "
@@ -39,13 +40,13 @@ def _deployment_condition(deployment: dict[str, Any], kind: str) -> dict[str, An
 
 
 def conditions(
-    spec: dict[str, Any], deployment: dict[str, Any] | None, problem: tuple[str, str] | None
+    spec: BotSpec, deployment: dict[str, Any] | None, problem: tuple[str, str] | None
 ) -> list[Condition]:
     """Ready, Progressing and Degraded, with reasons a person can act on.
 
     ``problem`` is what stopped the operator itself (reason, message), such as a missing Secret.
     """
-    desired = int(spec.get("replicas", 1))
+    desired = spec.replicas
     dstatus = (deployment or {}).get("status") or {}
     ready = int(dstatus.get("readyReplicas") or 0)
     updated = int(dstatus.get("updatedReplicas") or 0)
@@ -94,7 +95,7 @@ def conditions(
             "PodsNotReady",
             f"0 of {desired} pods pass their readiness probe (/readyz names what is missing)",
         )
-    if splits_conversations(spec):
+    if spec.splits_conversations:
         ready_condition = Condition(
             ready_condition.type,
             ready_condition.status,
@@ -104,17 +105,17 @@ def conditions(
     return [ready_condition, progressing, degraded, *access_conditions(spec)]
 
 
-def access_conditions(spec: dict[str, Any]) -> list[Condition]:
+def access_conditions(spec: BotSpec) -> list[Condition]:
     """Authenticated (who may call) and, with limits, LimitsShared (where they are counted)."""
-    access = spec.get("access") or {}
+    access = spec.access or {}
     if access:
         kinds = [k for k in ("apiKeys", "serviceAccounts", "oidc") if k in access]
         found = [Condition("Authenticated", True, "AccessConfigured", "callers need " + ", ".join(kinds))]
     else:
         found = [Condition("Authenticated", False, "Unauthenticated", UNAUTHENTICATED)]
-    limits = spec.get("limits")
+    limits = spec.limits
     if limits:
-        if (spec.get("sessionStore") or {}).get("type") == "redis":
+        if spec.session_store is not None and spec.session_store.type == "redis":
             down = "admits uncounted" if limits.get("redisDown") == "allow" else "refuses requests"
             message = (
                 f"limits are counted in Redis, shared by every replica; while Redis is down the bot {down}"
@@ -130,7 +131,7 @@ def access_conditions(spec: dict[str, Any]) -> list[Condition]:
 
 
 def build_status(
-    body: dict[str, Any],
+    bot: Bot,
     deployment: dict[str, Any] | None,
     config_hash: str | None,
     problem: tuple[str, str] | None,
@@ -138,12 +139,11 @@ def build_status(
     now: str,
 ) -> dict[str, Any]:
     """The whole status object; ``lastTransitionTime`` only moves when a condition's status flips."""
-    meta, spec = body["metadata"], body.get("spec") or {}
     dstatus = (deployment or {}).get("status") or {}
     old = {c.get("type"): c for c in previous.get("conditions") or ()}
-    generation = meta.get("generation")
+    generation = bot.generation
     rendered = []
-    for c in conditions(spec, deployment, problem):
+    for c in conditions(bot.spec, deployment, problem):
         value = "True" if c.status else "False"
         before = old.get(c.type) or {}
         since = before.get("lastTransitionTime") if before.get("status") == value else now
@@ -162,8 +162,8 @@ def build_status(
         "replicas": int(dstatus.get("replicas") or 0),
         "readyReplicas": int(dstatus.get("readyReplicas") or 0),
         "updatedReplicas": int(dstatus.get("updatedReplicas") or 0),
-        "selector": selector_string(meta["name"]),
-        "endpoint": endpoint(meta["name"], meta["namespace"], spec),
+        "selector": selector_string(bot.name),
+        "endpoint": endpoint(bot.name, bot.namespace, bot.spec),
         "conditions": rendered,
     }
     status["configHash"] = config_hash or previous.get("configHash")

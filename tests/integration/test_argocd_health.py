@@ -8,6 +8,7 @@ import subprocess
 from typing import Any
 
 import yaml
+from kubechat_operator.spec import Bot
 from kubechat_operator.status import build_status
 
 from tests.support.operator import REPO
@@ -48,7 +49,7 @@ def health(obj: dict[str, Any]) -> tuple[str, str]:
 
 def bot(generation: int = 2, replicas: int = 2) -> dict[str, Any]:
     return {
-        "metadata": {"name": "helpdesk", "namespace": "team-a", "generation": generation},
+        "metadata": {"name": "helpdesk", "namespace": "team-a", "uid": "u", "generation": generation},
         "spec": {"systemPrompt": "hi", "replicas": replicas},
     }
 
@@ -70,7 +71,7 @@ def deployment(ready: int, updated: int, replicas: int, **condition: str) -> dic
 def reconciled(
     body: dict[str, Any], dep: dict[str, Any] | None, problem: tuple[str, str] | None = None
 ) -> dict[str, Any]:
-    return {**body, "status": build_status(body, dep, "abc", problem, {}, NOW)}
+    return {**body, "status": build_status(Bot.from_body(body), dep, "abc", problem, {}, NOW)}
 
 
 def test_all_pods_serving_is_healthy() -> None:

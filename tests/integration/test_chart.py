@@ -432,7 +432,7 @@ def test_the_operator_does_its_job_with_only_the_charts_cluster_rbac(
             bots.core.read_namespaced_config_map("helpdesk-config", namespace).data["bot_name"] == "helpdesk"
         )
         reasons = {(e.type, e.reason) for e in bots.events("helpdesk")}
-        assert {("Warning", "SecretNotFound"), ("Normal", "Applied")} <= reasons, reasons
+        assert ("Warning", "SecretNotFound") in reasons, reasons  # routine applies are no Events
 
         kubectl(cluster, "-n", namespace, "scale", "chatbot/helpdesk", "--replicas=3")
         bots.ready("helpdesk", 3)

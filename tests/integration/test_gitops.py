@@ -4,30 +4,19 @@ server-side diff of the manifest in Git against the live object is empty."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
 from localcluster.cluster import ClusterInfo
-from tests.integration.test_operator import Bots, bot_manifest
-from tests.support.operator import Operator, install_crds, kubectl
+from tests.integration.test_operator import Bots, bot_manifest, operator
+from tests.support.operator import Operator, kubectl
 
 pytestmark = pytest.mark.cluster
+__all__ = ["operator"]  # the module's own operator process (a module-scoped fixture)
 
 GITOPS_MANAGER = "argocd-controller"  # the field manager a GitOps tool applies with
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    install_crds(cluster)
-    op = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
 
 
 def test_a_gitops_diff_of_a_reconciled_bot_is_empty(

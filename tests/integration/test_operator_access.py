@@ -31,13 +31,6 @@ def test_a_bot_without_access_is_reported_unauthenticated(bots: Bots) -> None:
     assert (condition["status"], condition["reason"]) == ("False", "Unauthenticated")
     assert "anyone who can reach" in condition["message"]
 
-    def warned() -> Any:
-        found = [e for e in bots.events("open") if e.reason == "Unauthenticated"]
-        assert found, [e.reason for e in bots.events("open")]
-        return found[0]
-
-    assert eventually(warned, timeout=30, what="the Unauthenticated Event").type == "Warning"
-
 
 def test_access_and_limits_reach_the_pods_with_exactly_token_review(bots: Bots, kube_api: Any) -> None:
     bots.secret()

@@ -57,7 +57,7 @@ def test_with_peering_only_the_older_replica_acts(
     bots.secret()
     bots.create(bot_manifest("shared"))
     bots.ready("shared", 1)
-    handled = "Handler 'reconcile' succeeded"
+    handled = f"{namespace}/shared: applied ConfigMap, Deployment, Service"
     assert handled in older.output()
     assert handled not in younger.output() and "Resuming operations" not in younger.output()
 
@@ -67,7 +67,7 @@ def test_with_peering_only_the_older_replica_acts(
     )
     bots.create(bot_manifest("later"))
     bots.ready("later", 1)
-    assert handled in younger.output()
+    assert f"{namespace}/later: applied ConfigMap, Deployment, Service" in younger.output()
 
 
 def test_a_namespaced_operator_leaves_other_namespaces_alone(

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 from localcluster.cluster import ClusterInfo
 from tests.cluster.polling import eventually
@@ -79,3 +82,16 @@ def install_crds(cluster: ClusterInfo, folder: Path = CRDS) -> None:
     ]
     kubectl(cluster, "wait", "--for=condition=Established", *names, "--timeout=60s")
     eventually(lambda: kubectl(cluster, "get", "chatbots", "-A"), timeout=30, what="ChatBots served")
+
+
+def service_account_cluster(cluster: ClusterInfo, namespace: str, account: str, path: Path) -> ClusterInfo:
+    """The cluster as a ServiceAccount sees it: a kubeconfig with a token of ``account`` (created here),
+    the way the operator's pod authenticates, so RBAC applies to it."""
+    kubectl(cluster, "-n", namespace, "create", "serviceaccount", account)
+    token = kubectl(cluster, "-n", namespace, "create", "token", account, "--duration=1h").stdout.strip()
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    config["users"] = [{"name": account, "user": {"token": token}}]
+    for context in config["contexts"]:
+        context["context"]["user"] = account
+    path.write_text(json.dumps(config))
+    return ClusterInfo(path, cluster.server)

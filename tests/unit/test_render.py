@@ -4,13 +4,16 @@ import copy
 import json
 from typing import Any
 
-from kubechat_operator.render import (
-    OperatorDefaults,
-    render,
-    secret_refs,
-    settings_data,
-    splits_conversations,
-)
+from kubechat_operator.render import OperatorDefaults, render, settings_data
+from kubechat_operator.spec import parse
+
+
+def secret_refs(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(name, key) for name, key, _ in parse(spec).secret_refs()]
+
+
+def splits_conversations(spec: dict[str, Any]) -> bool:
+    return parse(spec).splits_conversations
 
 
 def bot(**spec: Any) -> dict[str, Any]:
@@ -69,13 +72,15 @@ def test_a_refresh_request_reaches_the_pods_without_a_rollout() -> None:
 def test_settings_carry_only_what_the_spec_sets() -> None:
     data = settings_data(
         "b",
-        {
-            "systemPrompt": "p",
-            "model": "m",
-            "maxReplyTokens": 300,
-            "temperature": 1.0,
-            "openAI": {"baseUrl": "https://x/v1"},
-        },
+        parse(
+            {
+                "systemPrompt": "p",
+                "model": "m",
+                "maxReplyTokens": 300,
+                "temperature": 1.0,
+                "openAI": {"baseUrl": "https://x/v1"},
+            }
+        ),
         {},
     )
     assert data == {

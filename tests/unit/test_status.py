@@ -2,9 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from kubechat_operator.spec import Bot, parse
 from kubechat_operator.status import build_status, same_status
 
-BOT = {"metadata": {"name": "b", "namespace": "ns", "generation": 3}, "spec": {"replicas": 2}}
+BOT = Bot("b", "ns", "u", 3, parse({"replicas": 2}))
 
 
 def deployment(
@@ -89,7 +90,7 @@ def test_transition_times_move_only_on_a_flip() -> None:
 
 
 def test_scaled_to_zero_is_ready_and_says_so() -> None:
-    zero = {**BOT, "spec": {"replicas": 0}}
+    zero = Bot("b", "ns", "u", 3, parse({"replicas": 0}))
     assert by_type(build_status(zero, deployment(0, 0, 0), "h", None, {}, "t"))["Ready"] == (
         "True",
         "ScaledToZero",
@@ -101,7 +102,7 @@ def test_several_replicas_with_memory_sessions_are_warned_about() -> None:
         "Ready"
     ]
     assert ready["status"] == "True" and "sessionStore.type to redis" in ready["message"]
-    redis = {**BOT, "spec": {"replicas": 2, "sessionStore": {"type": "redis"}}}
+    redis = Bot("b", "ns", "u", 3, parse({"replicas": 2, "sessionStore": {"type": "redis"}}))
     ready = {c["type"]: c for c in build_status(redis, deployment(2), "h", None, {}, "t")["conditions"]}[
         "Ready"
     ]
@@ -110,8 +111,8 @@ def test_several_replicas_with_memory_sessions_are_warned_about() -> None:
 
 def test_access_and_where_limits_are_counted_are_conditions() -> None:
     def conditions(**spec: Any) -> dict[str, tuple[str, str]]:
-        body = {"metadata": BOT["metadata"], "spec": {"replicas": 2, **spec}}
-        return by_type(build_status(body, deployment(2), "h", None, {}, "t0"))
+        bot = Bot("b", "ns", "u", 3, parse({"replicas": 2, **spec}))
+        return by_type(build_status(bot, deployment(2), "h", None, {}, "t0"))
 
     assert conditions()["Authenticated"] == ("False", "Unauthenticated")
     assert conditions(access={"apiKeys": {"secretRef": {"name": "k"}}})["Authenticated"] == (

@@ -1,0 +1,257 @@
+"""The one reconcile path: watch events mark bots dirty, workers reconcile them, failures come back.
+
+Every trigger (a bot created, changed or seen at start; a child changed or deleted; a periodic resync;
+a retry) ends in ``WorkQueue.add`` for the bot's key. A worker thread takes the key and runs
+``reconcile``: render the children, apply those that differ from what this process last wrote, look
+for missing Secrets only when needed, write the status once if it changed. It is idempotent, so a
+reconcile too many costs CPU, not requests; a failure is retried with backoff whatever triggered it.
+State is per bot and dropped when the bot is deleted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import urllib3
+
+from kubechat_operator.errors import ChildrenRefused, NamespaceTerminating, OperatorError, classify
+from kubechat_operator.kube import ApiError, Kube
+from kubechat_operator.render import BOT_LABEL, OperatorDefaults, render_bot, tokenreview_binding_name
+from kubechat_operator.spec import Bot
+from kubechat_operator.status import SPLIT_WARNING, build_status, same_status
+from kubechat_operator.tracking import BotState
+from kubechat_operator.workqueue import WorkQueue
+
+logger = logging.getLogger("kubechat_operator")
+
+BotKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    defaults: OperatorDefaults = field(default_factory=OperatorDefaults)
+    workers: int = 4
+    resync_seconds: float = 1800.0  # every bot is applied in full this often, spread by a per-bot jitter
+    retry_base_seconds: float = 0.25
+    retry_max_seconds: float = 60.0
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Controller:
+    def __init__(self, kube: Kube, config: ControllerConfig) -> None:
+        self.kube, self.config = kube, config
+        self.queue: WorkQueue[BotKey] = WorkQueue(config.retry_base_seconds, config.retry_max_seconds)
+        self.bots: dict[BotKey, BotState] = {}
+        self.unbind: dict[BotKey, str] = {}  # deleted bots whose TokenReview binding is still to delete
+        self._lock = threading.Lock()  # guards self.bots and every BotState: held briefly, never over I/O
+        self._threads: list[threading.Thread] = []
+
+    # ---- triggers (called from Kopf's event loop: quick, no I/O) -----------------------------------------
+    def bot_event(self, event: str | None, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        if event == "DELETED":
+            with self._lock:
+                gone = self.bots.pop(key, None)
+                binding = gone is not None and gone.bot.spec.reviews_tokens
+                if binding:  # cluster-scoped, so no owner reference: the reconcile deletes it
+                    self.unbind[key] = tokenreview_binding_name(key[1], key[0])
+            self.queue.drop(key)
+            if binding:
+                self.queue.add(key)
+            return
+        bot = Bot.from_body(body)
+        with self._lock:
+            state = self.bots.get(key)
+            if state is None or state.bot.uid != bot.uid:
+                state = self.bots[key] = BotState(bot)
+                changed = True
+            else:
+                changed = state.bot != bot
+                state.bot = bot
+            deleting = bool(meta.get("deletionTimestamp"))
+            changed = changed or deleting != state.deleting
+            state.deleting = deleting
+            state.seen_status = dict(body.get("status") or {})
+        if changed:  # a status-only event (our own status write, typically) needs nothing
+            self.queue.add(key)
+
+    def child_event(self, event: str | None, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str((meta.get("labels") or {}).get(BOT_LABEL)))
+        owners = {o.get("uid") for o in meta.get("ownerReferences") or ()}
+        with self._lock:
+            state = self.bots.get(key)
+            if state is None or state.bot.uid not in owners:
+                return
+            needed = state.observe_child(str(body.get("kind")), event or "ADDED", body)
+        if needed:
+            self.queue.add(key)
+
+    # ---- workers --------------------------------------------------------------------------------------
+    def start(self) -> None:
+        for i in range(self.config.workers):
+            thread = threading.Thread(target=self._work, name=f"reconcile-{i}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.queue.close()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._threads.clear()
+
+    def _work(self) -> None:
+        while (key := self.queue.get()) is not None:
+            try:
+                self._reconcile_and_requeue(key)
+            except Exception:  # a bug must not kill the worker: log it and retry the bot later
+                logger.exception("reconciling %s/%s failed unexpectedly", *key)
+                self.queue.retry(key)
+            finally:
+                self.queue.done(key)
+
+    def _reconcile_and_requeue(self, key: BotKey) -> None:
+        try:
+            waiting = self.reconcile(key)
+        except NamespaceTerminating:
+            return
+        except (OperatorError, OSError, urllib3.exceptions.HTTPError) as exc:
+            delay = self.queue.retry(key)
+            logger.warning("reconciling %s/%s failed, retrying in %.2g s: %s", *key, delay, exc)
+            return
+        if waiting:  # for a Secret: look again, less and less often, until it appears
+            self.queue.retry(key)
+            return
+        self.queue.forget(key)
+        if self.config.resync_seconds > 0:
+            jitter = (zlib.crc32(repr(key).encode()) % 1000) / 10000  # 0-10 %, stable per bot
+            self.queue.add_after(key, self.config.resync_seconds * (1 + jitter))
+        logger.debug("reconciled %s/%s", *key)
+
+    # ---- the reconcile --------------------------------------------------------------------------------
+    def reconcile(self, key: BotKey) -> bool:
+        """Make the bot's children and status match its spec. True if it waits for something outside
+        (a referenced Secret); raises ``OperatorError`` subclasses on failures worth retrying."""
+        with self._lock:
+            state = self.bots.get(key)
+            binding = self.unbind.get(key) if state is None else None
+            bot = None if state is None or state.deleting else state.bot
+        if binding:
+            try:
+                self.kube.delete_cluster_role_binding(binding)
+            except ApiError as exc:
+                raise classify(exc.status) from None
+            with self._lock:
+                self.unbind.pop(key, None)
+        if bot is None or state is None:
+            return False
+        children = render_bot(bot, self.config.defaults)
+        rendered = {c["kind"]: c for c in children.all()}
+        now = time.monotonic()
+        with self._lock:
+            kinds = state.to_apply(rendered, now, self.config.resync_seconds)
+            restoring = [k for k in kinds if k in state.drifted and k in state.applied]
+        full = len(kinds) == len(rendered)
+        problem: tuple[str, str] | None = None
+        again = False
+        try:
+            for kind in kinds:
+                with self._lock:
+                    state.start_apply(kind)
+                try:
+                    live = self.kube.apply(rendered[kind])
+                except BaseException:
+                    with self._lock:
+                        state.record_apply(kind, None, None)
+                    raise
+                with self._lock:
+                    again = state.record_apply(kind, rendered[kind], live) or again
+        except ApiError as exc:
+            failure = classify(exc.status)
+            if not isinstance(failure, ChildrenRefused):
+                raise failure from None
+            problem = ("InvalidSpec", str(failure))
+        if full and problem is None:
+            state.applied_at = now
+        if kinds and problem is None:
+            logger.info("%s/%s: applied %s (config %s)", *key, ", ".join(kinds), children.config_hash)
+        ident = {"name": bot.name, "namespace": bot.namespace, "uid": bot.uid}
+        for kind in restoring:
+            if kind not in state.drifted:
+                self._event(
+                    ident, "Normal", "Restored", f"{kind} was deleted or changed by hand; put it back"
+                )
+        if again:  # a child was written by someone else while this process applied it
+            self.queue.add(key)
+        refused = problem is not None
+        if not refused:
+            problem = self._missing_secret(bot, state)
+        self._publish(bot, state, None if refused else children.config_hash, problem)
+        return problem is not None and not refused
+
+    def _missing_secret(self, bot: Bot, state: BotState) -> tuple[str, str] | None:
+        """A referenced Secret that does not exist. Asked once per set of references: once all were
+        found, the pods' readiness tells about later losses (``/readyz`` names what is missing)."""
+        refs = tuple((name, key) for name, key, _ in bot.spec.secret_refs())
+        if bot.spec.api_keys_secret:
+            refs += ((bot.spec.api_keys_secret, "any: one entry per client"),)
+        if not refs or state.secrets_checked == refs:
+            return None
+        for name, key in refs:
+            if self.kube.secret_exists(bot.namespace, name) is False:
+                return (
+                    "SecretNotFound",
+                    f"Secret {name!r} (key {key!r}) does not exist in namespace {bot.namespace!r}",
+                )
+        state.secrets_checked = refs
+        return None
+
+    def _publish(
+        self, bot: Bot, state: BotState, digest: str | None, problem: tuple[str, str] | None
+    ) -> None:
+        """The one status write of a reconcile, when the status differs from the last one; Warning Events
+        when a problem starts (not on every retry)."""
+        with self._lock:
+            previous = state.written_status or state.seen_status
+            deployment = state.deployment
+        status = build_status(bot, deployment, digest, problem, previous, _now())
+        if not previous or not same_status(previous, status):
+            self.kube.patch_bot_status(bot.namespace, bot.name, status)
+        with self._lock:
+            state.written_status = status
+            state.problem = problem
+        ident = {"name": bot.name, "namespace": bot.namespace, "uid": bot.uid}
+        before: dict[str, Any] = next(
+            (c for c in previous.get("conditions") or () if c.get("type") == "Ready"), {}
+        )
+        if problem and before.get("reason") != problem[0]:
+            self._event(ident, "Warning", problem[0], problem[1])
+        if bot.spec.splits_conversations and not state.warned_split:
+            self._event(ident, "Warning", "InMemorySessions", SPLIT_WARNING.removeprefix("; warning: "))
+        state.warned_split = bot.spec.splits_conversations
+
+    def _event(self, bot: dict[str, str], type_: str, reason: str, message: str) -> None:
+        """Events are for people; one that cannot be posted is logged, never a reason to retry."""
+        try:
+            self.kube.post_event(bot, type_, reason, message)
+        except (ApiError, OSError) as exc:
+            logger.warning(
+                "could not post the %s event on %s/%s: %s", reason, bot["namespace"], bot["name"], exc
+            )
+
+    def sizes(self) -> dict[str, int]:
+        """How much per-bot state is held (tests check it returns to zero once the bots are gone)."""
+        with self._lock:
+            return {"bots": len(self.bots), "unbind": len(self.unbind), **self.queue.sizes()}

@@ -1,0 +1,23 @@
+"""What the operator's handlers share: its configuration (from the command line) and the controller.
+
+Kopf hands every handler a ``memo``; this typed one is passed to ``kopf.run`` by ``main``, so flags
+reach the handlers through it, not through the process environment. Kopf shallow-copies the memo per
+watched object, so its fields are references to the one shared configuration and controller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kubechat_operator.controller import Controller, ControllerConfig
+
+
+@dataclass
+class OperatorMemo:
+    config: ControllerConfig = field(default_factory=ControllerConfig)
+    controller: Controller | None = None  # made at startup, once the API client is configured
+
+    def running(self) -> Controller:
+        if self.controller is None:
+            raise RuntimeError("the controller starts in the startup handler, before any watch")
+        return self.controller

@@ -1,0 +1,78 @@
+"""Which children a reconcile must send: only what changed, drifted, or is due for a resync."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubechat_operator.render import OperatorDefaults, render_bot
+from kubechat_operator.spec import Bot, parse
+from kubechat_operator.tracking import KINDS, BotState
+
+BOT = Bot("b", "n", "u", 1, parse({"systemPrompt": "p"}))
+
+
+def live(kind: str, uid: str = "c1", version: int = 10) -> dict[str, Any]:
+    number = {"generation": version} if kind == "Deployment" else {"resourceVersion": str(version)}
+    return {"kind": kind, "metadata": {"uid": uid, **number}, "status": {}}
+
+
+def children(bot: Bot = BOT) -> dict[str, dict[str, Any]]:
+    return {c["kind"]: c for c in render_bot(bot, OperatorDefaults()).all()}
+
+
+def applied_state() -> BotState:
+    state = BotState(BOT)
+    for kind, child in children().items():
+        state.start_apply(kind)
+        state.record_apply(kind, child, live(kind))
+    return state
+
+
+def test_first_everything_then_only_what_the_spec_changed() -> None:
+    assert BotState(BOT).to_apply(children(), now=0, resync=0) == list(KINDS)
+    state = applied_state()
+    assert state.to_apply(children(), now=0, resync=0) == []
+    replicas = Bot("b", "n", "u", 2, parse({"systemPrompt": "p", "replicas": 3}))
+    assert state.to_apply(children(replicas), now=0, resync=0) == ["Deployment"]
+    prompt = Bot("b", "n", "u", 2, parse({"systemPrompt": "q"}))
+    assert state.to_apply(children(prompt), now=0, resync=0) == ["ConfigMap", "Deployment"]
+    assert state.to_apply(children(), now=100, resync=50) == list(KINDS)  # the periodic resync
+
+
+def test_our_own_write_seen_back_is_not_drift_even_before_the_answer() -> None:
+    state = applied_state()
+    assert not state.observe_child("Service", "MODIFIED", live("Service", version=10))
+    state.start_apply("Service")
+    # the watch delivers the write before the worker has the API server's answer
+    assert not state.observe_child("Service", "MODIFIED", live("Service", version=11))
+    assert not state.record_apply("Service", children()["Service"], live("Service", version=11))
+    assert state.to_apply(children(), now=0, resync=0) == []
+
+
+def test_edits_and_deletions_by_others_are_drift_but_an_old_incarnation_is_not() -> None:
+    state = applied_state()
+    assert state.observe_child("ConfigMap", "MODIFIED", live("ConfigMap", version=12))
+    assert state.to_apply(children(), now=0, resync=0) == ["ConfigMap"]
+    state = applied_state()
+    assert not state.observe_child("Deployment", "DELETED", live("Deployment", uid="older"))
+    assert state.observe_child("Deployment", "DELETED", live("Deployment"))
+    assert state.to_apply(children(), now=0, resync=0) == ["Deployment"] and state.deployment is None
+
+
+def test_a_write_by_someone_else_during_our_apply_asks_for_another_look() -> None:
+    state = applied_state()
+    state.start_apply("ConfigMap")
+    state.observe_child("ConfigMap", "MODIFIED", live("ConfigMap", version=13))
+    assert state.record_apply("ConfigMap", children()["ConfigMap"], live("ConfigMap", version=12))
+    assert state.to_apply(children(), now=0, resync=0) == ["ConfigMap"]
+
+
+def test_only_a_newer_deployment_status_counts() -> None:
+    state = applied_state()
+    newer = live("Deployment") | {"status": {"readyReplicas": 1}}
+    newer["metadata"]["resourceVersion"] = "20"
+    assert state.observe_child("Deployment", "MODIFIED", newer)
+    older = live("Deployment") | {"status": {"readyReplicas": 0}}
+    older["metadata"]["resourceVersion"] = "15"
+    assert not state.observe_child("Deployment", "MODIFIED", older)
+    assert state.deployment is not None and state.deployment["status"] == {"readyReplicas": 1}
