@@ -10,7 +10,7 @@ ifneq ($(wildcard $(SHARED)/tiktoken/*.tiktoken),)
 export KUBECHAT_TIKTOKEN_DIR ?= $(abspath $(SHARED)/tiktoken)
 endif
 
-.PHONY: setup run serve chat test lint cluster-up cluster-down cluster-shell crds demo demo-down node-deps
+.PHONY: setup run serve chat test lint cluster-up cluster-down cluster-shell crds demo demo-down node-deps test-deps
 
 setup: $(VENV)/.installed $(TIKTOKEN_CACHE_DIR)/.seeded
 
@@ -48,7 +48,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint node-deps  ## lint, type-check and run every test (the cluster tests build what they need on first use)
+test: lint node-deps test-deps  ## lint, type-check and run every test (the cluster tests build what they need on first use)
 	$(BIN)/pytest
 
 # Local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) with kwok's
@@ -59,12 +59,24 @@ NODE ?= kwok
 # What a real node needs from Debian (nothing of it is started by installing it: no systemd here).
 NODE_PACKAGES := containerd runc containernetworking-plugins iptables mmdebstrap iproute2
 
-node-deps:
-	@missing=""; for p in $(NODE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# $(call debian,WHO,PACKAGES,APT FLAGS): install the Debian packages of PACKAGES that are missing (as root),
+# or say in one line what to install. Installing them starts nothing (no systemd here).
+debian = missing=""; for p in $(2); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" != 0 ]; then echo "the real node needs (as root): apt-get install$$missing" >&2; exit 1; fi; \
+	if [ "$$(id -u)" != 0 ]; then echo "$(1) need (as root): apt-get install$$missing" >&2; exit 1; fi; \
 	echo "installing$$missing"; apt-get update -qq && \
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(3) $$missing >/dev/null
+
+node-deps:
+	@$(call debian,the real node's tools,$(NODE_PACKAGES),--no-install-recommends)
+
+# What the tests run for real: Redis (session stores, shared limits), Chromium (the chat page, driven by
+# Playwright from PyPI: its own browser download cannot work here and is never called), Prometheus (the
+# dashboard's queries), Lua 5.1 (the Argo CD health check, Argo CD's dialect).
+TEST_PACKAGES := redis-server chromium prometheus lua5.1
+
+test-deps:
+	@$(call debian,the tests,$(TEST_PACKAGES),)
 
 cluster-up: $(if $(filter real,$(NODE)),setup node-deps)
 	$(if $(filter real,$(NODE)),$(BIN)/python,$(PYTHON)) -m localcluster up --node $(NODE)
