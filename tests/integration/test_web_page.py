@@ -717,3 +717,39 @@ def test_a_bot_with_access_asks_for_a_key_and_keeps_it_for_the_tab(
             expect(page.get_by_role("button", name="Sign out")).to_be_visible()
         finally:
             context.close()
+
+
+def test_a_real_rate_limit_reads_as_words_with_the_time_until_it_frees(
+    browser: Browser, bot_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A bot whose spec.limits allow one request a minute per identity: the page's second message is refused
+    by the real limiter (429, Retry-After) and said in words with the wait."""
+    from playwright.sync_api import expect
+
+    from tests.support.mounted import write_keys
+
+    key = "kc-page-limited-3c5e7a9b1d2f"
+    write_keys(tmp_path / "keys", {"page-user": key})
+    env = bot_env | {
+        "KUBECHAT_ACCESS": '{"apiKeys": {}}',
+        "KUBECHAT_API_KEYS_DIR": str(tmp_path / "keys"),
+        "KUBECHAT_LIMITS": '{"perIdentity": {"requestsPerMinute": 1}}',
+    }
+    with kubechat_serve(env) as bot:
+        context = browser.new_context(locale="en-US")
+        try:
+            page = context.new_page()
+            page.goto(bot.url + "/")
+            page.evaluate(f"() => sessionStorage.setItem('kubechat.key:/', {key!r})")
+            page.reload()
+            box = page.get_by_role("textbox", name="Message")
+            box.fill("first")
+            box.press("Enter")
+            expect(page.locator(".msg.bot").last).to_contain_text("last: first")
+            box.fill("second")
+            box.press("Enter")
+            refusal = page.get_by_text("Rate limit reached.").locator("..")  # the message around the heading
+            expect(refusal).to_be_visible()
+            expect(refusal).to_contain_text(re.compile(r"try again in (\d+ s|1 min( \d+ s)?)\."))
+        finally:
+            context.close()
