@@ -204,9 +204,7 @@ class Controller:
     def _missing_secret(self, bot: Bot, state: BotState) -> tuple[str, str] | None:
         """A referenced Secret that does not exist. Asked once per set of references: once all were
         found, the pods' readiness tells about later losses (``/readyz`` names what is missing)."""
-        refs = tuple((name, key) for name, key, _ in bot.spec.secret_refs())
-        if bot.spec.api_keys_secret:
-            refs += ((bot.spec.api_keys_secret, "any: one entry per client"),)
+        refs = tuple(bot.spec.required_secrets())
         if not refs or state.secrets_checked == refs:
             return None
         for name, key in refs:

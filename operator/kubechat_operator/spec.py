@@ -148,6 +148,14 @@ class BotSpec:
             refs.append((conn.name, conn.key, CONNECTION_STRING_PATH))
         return refs
 
+    def required_secrets(self) -> list[tuple[str, str]]:
+        """(Secret name, what of it) for every Secret the bot cannot work without: those it mounts into
+        its config dir and the access.apiKeys Secret (one entry per client)."""
+        refs = [(name, key) for name, key, _ in self.secret_refs()]
+        if self.api_keys_secret:
+            refs.append((self.api_keys_secret, "any: one entry per client"))
+        return refs
+
     @property
     def splits_conversations(self) -> bool:
         """More than one replica with conversations in each pod's memory: a user's next turn may land on

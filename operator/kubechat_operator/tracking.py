@@ -16,7 +16,9 @@ from typing import Any
 
 from kubechat_operator.spec import Bot
 
-KINDS = ("ConfigMap", "Deployment", "Service")  # the order children are applied in: settings before pods
+# The order children are applied in: the pods' ServiceAccount and its TokenReview binding (spec.access)
+# and the settings before the pods that use them.
+KINDS = ("ServiceAccount", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service")
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,9 @@ def test_access_mounts_the_keys_and_grants_exactly_token_review() -> None:
     ]
     data = children.config_map["data"]
     assert json.loads(data["access"]) == access and json.loads(data["limits"]) == limits
-    assert ("helpdesk-keys", "any: one entry per client") in secret_refs(bot(access=access)["spec"])
+    assert ("helpdesk-keys", "any: one entry per client") in parse(
+        bot(access=access)["spec"]
+    ).required_secrets()
     # the pods of a bot with its own service account use that one, and no account is rendered
     own = render(bot(access=access, serviceAccountName="mine"), OperatorDefaults())
     assert [c["kind"] for c in own.access] == ["ClusterRoleBinding"]
