@@ -34,14 +34,13 @@ from chatbot_service.api_models import (
     SessionHistory,
     errors,
 )
-from chatbot_service.caller_headers import CallerHeaders
 from chatbot_service.errors import ChatError, SessionNotFound
 from chatbot_service.guard import Caller, Guard
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.memory import memory_limit, release_freed, store_budget
 from chatbot_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from chatbot_service.metrics import Metrics
-from chatbot_service.middleware import BodyLimit, HttpMetrics, SameOrigin, Unexpected
+from chatbot_service.middleware import BodyLimit, CallerHeaders, HttpMetrics, SameOrigin, Unexpected
 from chatbot_service.observe import Observer
 from chatbot_service.relay import Relay, RelayResponse
 from chatbot_service.routing import JSONRoute, install_error_handlers, install_openapi

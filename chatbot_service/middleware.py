@@ -169,3 +169,26 @@ class HttpMetrics:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope["method"] if scope["method"] in self.METHODS else "other"
             self.metrics.record_http(route, method, status, time.perf_counter() - start)
+
+
+class CallerHeaders:
+    """Add the caller's own headers (OpenAI's ``x-ratelimit-*``) to whatever response the route returns,
+    streams and pass-through bodies included."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                caller = scope.get("state", {}).get("kubechat_caller")
+                if caller is not None and caller.headers:
+                    extra = [(k.lower().encode(), v.encode()) for k, v in caller.headers.items()]
+                    message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
