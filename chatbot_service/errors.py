@@ -69,6 +69,14 @@ class SessionNotFound(ChatError):
         )
 
 
+class NotFound(ChatError):
+    """No such response, conversation or item (for this caller: others' are never found)."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
 class MessageTooLong(ChatError):
     status = 413
     type = "invalid_request_error"
@@ -128,6 +136,7 @@ class SessionStoreUnavailable(ChatError):
 
 class Unauthenticated(ChatError):
     """No credential, or one that is not valid; says nothing that would help guessing."""
+
     refusal = "unauthenticated"  # counted in kubechat_refusals_total
 
     status = 401
@@ -143,6 +152,7 @@ class Unauthenticated(ChatError):
 
 class Forbidden(ChatError):
     """A known identity that this bot does not allow, or not for this."""
+
     refusal = "forbidden"  # counted in kubechat_refusals_total
 
     status = 403
@@ -152,6 +162,7 @@ class Forbidden(ChatError):
 
 class RateLimited(ChatError):
     """Over a per-minute limit (OpenAI's ``rate_limit_exceeded``; type ``requests`` or ``tokens``)."""
+
     refusal = "rate_limited"  # counted in kubechat_refusals_total
 
     status = 429
@@ -164,6 +175,7 @@ class RateLimited(ChatError):
 
 class QuotaExceeded(ChatError):
     """Over a day, week or month budget (OpenAI's ``insufficient_quota``)."""
+
     refusal = "budget_exhausted"  # counted in kubechat_refusals_total
 
     status = 429
@@ -173,6 +185,7 @@ class QuotaExceeded(ChatError):
 
 class LimitsUnavailable(ChatError):
     """The shared counters (Redis) cannot be reached and the bot refuses rather than count nothing."""
+
     refusal = "limits_unavailable"  # counted in kubechat_refusals_total
 
     status = 503

@@ -97,9 +97,11 @@ class ChatService:
         if len(text) > settings.max_message_chars:
             raise MessageTooLong.chars(len(text), settings.max_message_chars)
 
-    def start_turn(self, settings: Settings, session_id: str | None, prompt: Prompt, caller: Caller) -> Turn:
+    def start_turn(
+        self, settings: Settings, session_id: str | None, prompt: Prompt, caller: Caller, route: str = ""
+    ) -> Turn:
         """Count how the prompt was fitted and start observing the request (None: a stateless one)."""
-        route = "/chat" if session_id else "/v1/chat/completions"
+        route = route or ("/chat" if session_id else "/v1/chat/completions")
         self.metrics.record_fit(route, prompt.truncated, prompt.dropped)
         turn = self.observer.turn(
             settings.model, conversation_id=session_id, trimmed=prompt.truncated, dropped=prompt.dropped
