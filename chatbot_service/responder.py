@@ -41,7 +41,6 @@ class _Plan:
     session: str | None
     history: Sequence[Message]
     base: list[Message] | None = None
-    conversation_id: str | None = None
     inputs: list[Message] = field(default_factory=list)
 
 
@@ -196,7 +195,7 @@ class Responder:
             model=settings.model,
             request=request,
             prompt=prompt,
-            conversation_id=plan.conversation_id,
+            conversation_id=plan.session,
             reply_limit=params[settings.model_info.reply_limit_param],
         )
         return Started(draft, plan, settings, records, ticket, turn, params)
@@ -245,7 +244,7 @@ class Responder:
             key = records.session_key(conversation)
             await resources.enter_async_context(store.lock(key))
             history = list(await store.history(key) or [])
-            return _Plan(conversation, history, conversation_id=conversation)
+            return _Plan(conversation, history)
         if not request.stored:
             return _Plan(None, [])
         session = item_id("conv")
