@@ -158,12 +158,18 @@ class Responder:
         inputs = identified([Message.create(encoding, role, text) for role, text in raw])
         plan = await self._plan(request, records, resources)
         plan.inputs = inputs
+        history = [m.recounted(encoding) for m in plan.history]
+        in_place = plan.session is not None and plan.base is None  # a fork is written whole at the end
+        key = records.session_key(plan.session) if in_place and plan.session else None
+        plan.history = await service.compactor.compact(settings, encoding, history, records.store, key)
+        if plan.base is not None:
+            plan.base = list(plan.history)
         pinned = [service._system_message(settings)]
         if request.instructions:
             pinned.append(Message.create(encoding, "developer", request.instructions))
         pinned += [m for m in inputs if m.role in ("system", "developer")]
         said = [m for m in inputs if m.role not in ("system", "developer")]
-        rest = [*(m.recounted(encoding) for m in plan.history), *said]
+        rest = [*plan.history, *said]
         if not rest:
             raise BadRequest(
                 "'input' needs at least one user or assistant message", code="invalid_value", param="input"

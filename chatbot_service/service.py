@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatbot_service.api_models import CompletionRequest
+from chatbot_service.compactor import Compactor
 from chatbot_service.conversation import Message, Prompt, fit
 from chatbot_service.errors import BadRequest, ChatError, MessageTooLong, SessionNotFound, UpstreamError
 from chatbot_service.guard import OPEN, Caller, Guard
@@ -63,6 +64,7 @@ class ChatService:
         self.observer = observer or Observer(Metrics())
         self.metrics = self.observer.metrics
         self.guard = guard or Guard(stores)
+        self.compactor = Compactor(upstream, self.metrics)
         self._system: tuple[Settings, Message] | None = None
 
     # -- helpers ---------------------------------------------------------------------------
@@ -123,6 +125,8 @@ class ChatService:
             if found is None:
                 raise SessionNotFound(session_id)
             history = [m.recounted(encoding) for m in found]
+            store = self.stores.get(settings)
+            history = await self.compactor.compact(settings, encoding, history, store, key or session_id)
         user = Message.create(encoding, "user", text)
         prompt = fit([self._system_message(settings)], history, user, settings.budget)
         return user, prompt, history
