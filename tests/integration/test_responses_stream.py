@@ -3,11 +3,14 @@ event numbered, and a broken upstream stream stores nothing and extends nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
+import httpx2
 import openai
 import pytest
 
+from tests.cluster.polling import eventually
 from tests.support.fake_openai import FakeOpenAI, Fault
 from tests.support.servers import ThreadedServer
 
@@ -107,3 +110,24 @@ def test_an_upstream_refusal_before_the_stream_is_an_http_error(
     upstream.fail_next(Fault(status=429))
     with pytest.raises(openai.RateLimitError):
         list(client.responses.create(model="x", input="hi", stream=True))
+
+
+def test_a_client_that_leaves_mid_stream_leaves_nothing_stored(
+    bot: ThreadedServer, client: openai.OpenAI, upstream: FakeOpenAI
+) -> None:
+    first = client.responses.create(model="x", input="one")
+    upstream.fail_next(Fault(chunk_delay=0.3))
+    body = {"input": "interrupted", "previous_response_id": first.id, "stream": True}
+    with httpx2.stream("POST", bot.url + "/v1/responses", json=body, timeout=10) as raw:
+        lines = raw.iter_lines()
+        created = next(json.loads(line[6:]) for line in lines if line.startswith("data: "))
+        assert created["type"] == "response.created"
+        next(line for line in lines if "response.output_text.delta" in line)  # then leave
+    def cut() -> None:
+        assert upstream.streams_cut == 1
+
+    eventually(cut, what="the bot closing the upstream stream")
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(created["response"]["id"])
+    client.responses.create(model="x", input="two", previous_response_id=first.id)
+    assert [m["content"] for m in upstream.last.body["messages"]][1:] == ["one", first.output_text, "two"]
