@@ -10,8 +10,10 @@ CPU 1 (``taskset -c 1``). Measured, at each concurrency, after a warm-up:
 - the bare pass-through (``bench/bare_passthrough.py``: FastAPI + uvicorn + ``openai.AsyncOpenAI``),
 - kubechat ``/v1/chat/completions``, plain and streamed (11 chunks + usage + ``[DONE]``),
 - kubechat ``/chat`` on sessions that grow for the whole run (a 4,096-token window bounds each request),
+- kubechat ``/v1/responses``, plain and streamed (each response stored, as by default),
 
-then the cost of one more ``/chat`` turn on sessions pre-grown to 1, 100 and 1,000 turns. Everything it
+then ``/v1/responses`` and ``/v1/chat/completions`` alternating for ``--rounds`` rounds (their ratio), then
+the cost of one more ``/chat`` turn on sessions pre-grown to 1, 100 and 1,000 turns. Everything it
 starts is stopped at the end, by PID. See bench/README.md for how to read the output.
 """
 
@@ -32,7 +34,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -271,6 +273,14 @@ class LoadTool:
         return Load.parse(done.stdout.strip().splitlines()[-1])
 
 
+def responses_body(stream: bool) -> str:
+    """The same question for ``/v1/responses`` (stored, the default, like OpenAI)."""
+    body: dict[str, Any] = {"model": MODEL, "input": PROMPT, "max_output_tokens": 64}
+    if stream:
+        body["stream"] = True
+    return json.dumps(body)
+
+
 def completion_body(stream: bool) -> str:
     body: dict[str, Any] = {
         "model": MODEL,
@@ -385,6 +395,7 @@ class Bench:
         self.turns: list[TurnCost] = []
         self.profiles: list[tuple[str, str]] = []
         self.memory: dict[str, Memory] = {}
+        self.pairs: list[tuple[str, str, int, Load, float]] = []  # route, mode, c, load, CPU µs/request
         self.kubechat = str(Path(sys.executable).parent / "kubechat")
         if not Path(self.kubechat).exists():
             self.kubechat = shutil.which("kubechat") or "kubechat"
@@ -406,11 +417,18 @@ class Bench:
             time.sleep(0.05)
         raise RuntimeError(f"the upstream did not start; see {log}")
 
-    def measure(self, target: str, url: str, route: str, mode: str, base: str, pid: int | None) -> None:
+    def measure(
+        self,
+        target: str,
+        url: str,
+        route: str,
+        mode: str,
+        base: str,
+        pid: int | None,
+        body: Callable[[bool], str] = completion_body,
+    ) -> None:
         for c in self.args.concurrency:
-            extra = (
-                ["-message", CHAT_MESSAGE] if mode == "chat" else ["-body", completion_body(mode == "stream")]
-            )
+            extra = ["-message", CHAT_MESSAGE] if mode == "chat" else ["-body", body(mode == "stream")]
             before, busy_before, started = (
                 cpu_seconds(pid) if pid else 0.0,
                 cpu_busy_seconds(TEST_CPU),
@@ -473,6 +491,20 @@ class Bench:
         if out.exists():
             self.profiles.append((label, summarize_profile(out)))
 
+    def interleaved(self, base_url: str, pid: int) -> None:
+        """``/v1/responses`` beside ``/v1/chat/completions`` on the same process, alternating route by
+        route for ``--rounds`` rounds, so that a shared machine disturbs both alike."""
+        routes = (("/v1/chat/completions", completion_body), ("/v1/responses", responses_body))
+        for _ in range(self.args.rounds):
+            for mode in ("plain", "stream"):
+                for c in self.args.concurrency:
+                    for route, body in routes:
+                        before = cpu_seconds(pid)
+                        load = self.load.run(base_url + route, mode, c, "-body", body(mode == "stream"))
+                        spent = cpu_seconds(pid) - before
+                        cpu = 1e6 * spent / max(1, load.requests + load.warmup_requests)
+                        self.pairs.append((route, mode, c, load, cpu))
+
     def turn_costs(self, base_url: str) -> None:
         """One more /chat turn on sessions pre-grown to each size: grow them, then take turns on them."""
         reps = self.args.turn_reps
@@ -529,6 +561,7 @@ class Bench:
         if self.args.baseline:  # another build of kubechat, measured the same way in the same run
             self.kubechat_rows("kubechat (baseline)", str(self.args.baseline), env)
         base_url, pid = self.kubechat_rows("kubechat", self.kubechat, env)
+        self.interleaved(base_url, pid)
         self.turn_costs(base_url)
         if self.args.profile:
             url = base_url + "/v1/chat/completions"
@@ -550,6 +583,9 @@ class Bench:
         for mode in ("plain", "stream"):
             self.measure(name, base_url, "/v1/chat/completions", mode, mode, pid)
         self.measure(name, base_url, "/chat", "chat", "plain", pid)
+        if "/v1/responses" in get_json(base_url + "/openapi.json")["paths"]:  # a baseline may predate it
+            for mode in ("plain", "stream"):
+                self.measure(name, base_url, "/v1/responses", mode, mode, pid, responses_body)
         if name != "kubechat":
             self.stop_current(name)
         return base_url, pid
@@ -635,8 +671,10 @@ def reference_columns(bench: Bench, direct: dict[tuple[str, int], float]) -> lis
         ("bare pass-through", "/v1/chat/completions"),
         ("kubechat (baseline)", "/v1/chat/completions"),
         ("kubechat (baseline)", "/chat"),
+        ("kubechat (baseline)", "/v1/responses"),
         ("kubechat", "/v1/chat/completions"),
         ("kubechat", "/chat"),
+        ("kubechat", "/v1/responses"),
     ]
     rows: list[list[object]] = []
     for target, route in targets:
@@ -684,9 +722,51 @@ def turn_table(bench: Bench, direct: dict[tuple[str, int], float]) -> list[str]:
     return table(header, "rrlrrrrrrrr", rows)
 
 
+def pairs_table(bench: Bench, direct: dict[tuple[str, int], float]) -> list[str]:
+    """Medians over the interleaved rounds: added p50 and requests per CPU-second of the process
+    (rps per core), and ``/v1/responses`` over ``/v1/chat/completions``."""
+    header = ["mode", "c", "added p50, completions", "added p50, responses", "ratio"]
+    header += ["rps/core, completions", "rps/core, responses", "ratio", "errors"]
+    rows: list[list[object]] = []
+    for mode in ("plain", "stream"):
+        for c in bench.args.concurrency:
+            of = {
+                route: [(load, cpu) for r, m, cc, load, cpu in bench.pairs if (r, m, cc) == (route, mode, c)]
+                for route in ("/v1/chat/completions", "/v1/responses")
+            }
+            if not all(of.values()):
+                continue
+            added = {k: median([load.p50 - direct[(mode, c)] for load, _ in v]) for k, v in of.items()}
+            per_core = {k: median([1e6 / cpu for _, cpu in v if cpu > 0] or [0.0]) for k, v in of.items()}
+            completions, responses = "/v1/chat/completions", "/v1/responses"
+            errors = sum(load.errors for v in of.values() for load, _ in v)
+            rows.append(
+                [
+                    *(mode, c, f"{added[completions]:.2f} ms", f"{added[responses]:.2f} ms"),
+                    f"{added[responses] / added[completions]:.2f}" if added[completions] > 0 else "n/a",
+                    *(f"{per_core[completions]:,.0f}", f"{per_core[responses]:,.0f}"),
+                    f"{per_core[responses] / per_core[completions]:.2f}" if per_core[completions] else "n/a",
+                    errors,
+                ]
+            )
+    return table(header, "lrrrrrrrr", rows)
+
+
+def median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def report(bench: Bench, load_before: tuple[float, float, float], started: float) -> str:
     direct = {(r.mode, r.concurrency): r.load.p50 for r in bench.rows if r.target.startswith("direct")}
     out = ["", "## Side by side", "", *side_by_side(bench, direct)]
+    if bench.pairs:
+        title = (
+            f"## /v1/responses beside /v1/chat/completions, interleaved on one process "
+            f"(medians of {bench.args.rounds} rounds)"
+        )
+        out += ["", title, "", *pairs_table(bench, direct)]
     title = (
         "## In the columns of the reference figures (added p50 at c=1; rps: the best over the concurrencies)"
     )
@@ -781,6 +861,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="skip the /chat rows with sessions in Redis (redis-server, on the load generator's CPU)",
     )
     parser.add_argument("--logs", type=Path, help="keep the servers' logs in this folder")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of /v1/responses and /v1/chat/completions alternating on one process (0: none)",
+    )
     parser.add_argument(
         "--baseline",
         type=Path,
