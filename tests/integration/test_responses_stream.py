@@ -123,6 +123,7 @@ def test_a_client_that_leaves_mid_stream_leaves_nothing_stored(
         created = next(json.loads(line[6:]) for line in lines if line.startswith("data: "))
         assert created["type"] == "response.created"
         next(line for line in lines if "response.output_text.delta" in line)  # then leave
+
     def cut() -> None:
         assert upstream.streams_cut == 1
 
