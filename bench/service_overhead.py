@@ -33,7 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -273,6 +273,14 @@ class LoadTool:
         return Load.parse(done.stdout.strip().splitlines()[-1])
 
 
+def responses_body(stream: bool) -> str:
+    """The same question for ``/v1/responses`` (stored, the default, like OpenAI)."""
+    body: dict[str, Any] = {"model": MODEL, "input": PROMPT, "max_output_tokens": 64}
+    if stream:
+        body["stream"] = True
+    return json.dumps(body)
+
+
 def completion_body(stream: bool) -> str:
     body: dict[str, Any] = {
         "model": MODEL,
@@ -408,11 +416,18 @@ class Bench:
             time.sleep(0.05)
         raise RuntimeError(f"the upstream did not start; see {log}")
 
-    def measure(self, target: str, url: str, route: str, mode: str, base: str, pid: int | None) -> None:
+    def measure(
+        self,
+        target: str,
+        url: str,
+        route: str,
+        mode: str,
+        base: str,
+        pid: int | None,
+        body: Callable[[bool], str] = completion_body,
+    ) -> None:
         for c in self.args.concurrency:
-            extra = (
-                ["-message", CHAT_MESSAGE] if mode == "chat" else ["-body", completion_body(mode == "stream")]
-            )
+            extra = ["-message", CHAT_MESSAGE] if mode == "chat" else ["-body", body(mode == "stream")]
             before, busy_before, started = (
                 cpu_seconds(pid) if pid else 0.0,
                 cpu_busy_seconds(TEST_CPU),
@@ -525,7 +540,14 @@ class Bench:
                 for mode in ("plain", "stream"):
                     self.measure(name, base_url, "/v1/chat/completions", mode, mode, pid)
                 self.measure(name, base_url, "/chat", "chat", "plain", pid)
+                self.responses_rows(name, base_url, pid)
                 self.stop_current(label)
+
+    def responses_rows(self, name: str, base_url: str, pid: int) -> None:
+        """``/v1/responses`` plain and streamed, beside ``/v1/chat/completions`` (a baseline may lack it)."""
+        if "/v1/responses" in get_json(base_url + "/openapi.json")["paths"]:
+            for mode in ("plain", "stream"):
+                self.measure(name, base_url, "/v1/responses", mode, mode, pid, responses_body)
 
     def run(self) -> None:
         upstream = self.start_upstream()
@@ -560,6 +582,7 @@ class Bench:
         for mode in ("plain", "stream"):
             self.measure("kubechat", base_url, "/v1/chat/completions", mode, mode, pid)
         self.measure("kubechat", base_url, "/chat", "chat", "plain", pid)
+        self.responses_rows("kubechat", base_url, pid)
         self.turn_costs(base_url)
         if self.args.profile:
             url = base_url + "/v1/chat/completions"
@@ -651,6 +674,7 @@ def reference_columns(bench: Bench, direct: dict[tuple[str, int], float]) -> lis
         ("bare pass-through", "/v1/chat/completions"),
         ("kubechat", "/v1/chat/completions"),
         ("kubechat", "/chat"),
+        ("kubechat", "/v1/responses"),
     ]
     rows: list[list[object]] = []
     for target, route in targets:

@@ -19,7 +19,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
 
-from chatbot_service import __version__
+from chatbot_service import __version__, responses_routes
 from chatbot_service.api_models import (
     EVENT_STREAM,
     SESSION_ID_PATTERN,
@@ -310,6 +310,7 @@ def create_app(
         for the bot's owners (``access.owners``)."""
         return await usage_report(guard, holder.loaded(), caller, identity)
 
+    app.include_router(responses_routes.router(service, _authorized, JSONRoute))
     app.mount("/static", PageFiles(directory=STATIC_DIR), name="static")
     return app
 

@@ -7,6 +7,8 @@ order. Each message carries its own token count, computed once when it is create
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,12 +20,14 @@ ROLES = ("system", "developer", "user", "assistant")
 
 @dataclass(frozen=True, slots=True)
 class Message:
-    """One chat message with its token cost under ``encoding``."""
+    """One chat message with its token cost under ``encoding``; ``id`` names it as an item of the
+    Conversations and Responses APIs (the store gives one to a message stored without)."""
 
     role: str
     content: str
     tokens: int
     encoding: str
+    id: str = ""
 
     @classmethod
     def create(cls, encoding: Encoding, role: str, content: str) -> Message:
@@ -34,11 +38,23 @@ class Message:
         """The same message counted for another encoding (after the bot's model changed)."""
         if self.encoding == encoding.name:
             return self
-        return Message.create(encoding, self.role, self.content)
+        return Message(
+            self.role, self.content, count_message(encoding, self.role, self.content), encoding.name, self.id
+        )
 
     def as_openai(self) -> dict[str, str]:
         """The message as the Chat Completions API takes it."""
         return {"role": self.role, "content": self.content}
+
+
+def item_id(prefix: str = "msg") -> str:
+    """A new id in OpenAI's style (``msg_<hex>``, ``resp_<hex>``, ``conv_<hex>``)."""
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def identified(messages: Sequence[Message]) -> list[Message]:
+    """The messages, each with an id (the ones it had, else a new one)."""
+    return [m if m.id else dataclasses.replace(m, id=item_id()) for m in messages]
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,14 @@ class SessionNotFound(ChatError):
         )
 
 
+class NotFound(ChatError):
+    """No such response, conversation or item (for this caller: others' are never found)."""
+
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
 class MessageTooLong(ChatError):
     status = 413
     type = "invalid_request_error"

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import redis.asyncio as redis
 from redis.exceptions import LockError, RedisError
 
-from chatbot_service.conversation import Message
+from chatbot_service.conversation import Message, identified
 from chatbot_service.errors import ChatError, SessionStoreUnavailable
 
 
@@ -72,10 +72,22 @@ class RedisStore:
         return [_decode(item) for item in raw]
 
     async def append(self, session_id: str, messages: Sequence[Message]) -> None:
+        await self._write(session_id, messages, replace=False)
+
+    async def put(self, session_id: str, messages: Sequence[Message]) -> None:
+        await self._write(session_id, messages, replace=True)
+
+    async def _write(self, session_id: str, messages: Sequence[Message], *, replace: bool) -> None:
+        """One transaction: the session is never seen half-written, by any replica."""
         key = self._key(session_id)
         try:
             async with self.client.pipeline(transaction=True) as pipe:
-                pipe.rpush(key, *[_encode(m) for m in messages])
+                if replace:
+                    pipe.delete(key)
+                if not messages:
+                    await pipe.execute()
+                    return
+                pipe.rpush(key, *[_encode(m) for m in identified(messages)])
                 pipe.ltrim(key, -self.max_messages, -1)
                 pipe.pexpire(key, self.idle_ttl_ms)
                 await pipe.execute()
@@ -126,11 +138,17 @@ class RedisStore:
 
 def _encode(message: Message) -> str:
     return json.dumps(
-        {"r": message.role, "c": message.content, "t": message.tokens, "e": message.encoding},
+        {
+            "r": message.role,
+            "c": message.content,
+            "t": message.tokens,
+            "e": message.encoding,
+            "i": message.id,
+        },
         separators=(",", ":"),
     )
 
 
 def _decode(raw: bytes) -> Message:
     item = json.loads(raw)
-    return Message(item["r"], item["c"], int(item["t"]), item["e"])
+    return Message(item["r"], item["c"], int(item["t"]), item["e"], item.get("i", ""))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from chatbot_service.api_models import CompletionRequest
+from chatbot_service.compactor import Compactor
 from chatbot_service.conversation import Message, Prompt, fit
 from chatbot_service.errors import BadRequest, ChatError, MessageTooLong, SessionNotFound, UpstreamError
 from chatbot_service.guard import OPEN, Caller, Guard
@@ -63,6 +64,7 @@ class ChatService:
         self.observer = observer or Observer(Metrics())
         self.metrics = self.observer.metrics
         self.guard = guard or Guard(stores)
+        self.compactor = Compactor(upstream, self.metrics)
         self._system: tuple[Settings, Message] | None = None
 
     # -- helpers ---------------------------------------------------------------------------
@@ -97,9 +99,11 @@ class ChatService:
         if len(text) > settings.max_message_chars:
             raise MessageTooLong.chars(len(text), settings.max_message_chars)
 
-    def start_turn(self, settings: Settings, session_id: str | None, prompt: Prompt, caller: Caller) -> Turn:
+    def start_turn(
+        self, settings: Settings, session_id: str | None, prompt: Prompt, caller: Caller, route: str = ""
+    ) -> Turn:
         """Count how the prompt was fitted and start observing the request (None: a stateless one)."""
-        route = "/chat" if session_id else "/v1/chat/completions"
+        route = route or ("/chat" if session_id else "/v1/chat/completions")
         self.metrics.record_fit(route, prompt.truncated, prompt.dropped)
         turn = self.observer.turn(
             settings.model, conversation_id=session_id, trimmed=prompt.truncated, dropped=prompt.dropped
@@ -121,6 +125,8 @@ class ChatService:
             if found is None:
                 raise SessionNotFound(session_id)
             history = [m.recounted(encoding) for m in found]
+            store = self.stores.get(settings)
+            history = await self.compactor.compact(settings, encoding, history, store, key or session_id)
         user = Message.create(encoding, "user", text)
         prompt = fit([self._system_message(settings)], history, user, settings.budget)
         return user, prompt, history

@@ -16,7 +16,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from chatbot_service.conversation import Message
+from chatbot_service.conversation import Message, identified
 from chatbot_service.settings import Settings
 
 if TYPE_CHECKING:
@@ -33,7 +33,11 @@ class SessionStore(Protocol):
         """The session's messages, oldest first; None if there is no such session."""
 
     async def append(self, session_id: str, messages: Sequence[Message]) -> None:
-        """Add messages at the end, creating the session if needed."""
+        """Add messages at the end, creating the session if needed; a message without an id gets one."""
+
+    async def put(self, session_id: str, messages: Sequence[Message]) -> None:
+        """Replace the session's messages whole (none: forget it), within the same bounds as ``append``:
+        an item deleted from a conversation, a chain forked, a record rewritten, history compacted."""
 
     async def delete(self, session_id: str) -> bool:
         """Forget a session; False if there was none."""
@@ -65,7 +69,8 @@ SESSION_OVERHEAD = 512
 def stored_size(message: Message) -> int:
     """Bytes a stored message holds, as Python stores it: ``getsizeof`` of the text counts 1, 2 or 4
     bytes a character (one emoji makes the whole string 4 bytes a character), plus the object."""
-    return sys.getsizeof(message.content) + MESSAGE_OVERHEAD
+    named = sys.getsizeof(message.id) if message.id else 0
+    return sys.getsizeof(message.content) + MESSAGE_OVERHEAD + named
 
 
 class MemoryStore:
@@ -132,6 +137,7 @@ class MemoryStore:
         return None if session is None else session.messages
 
     async def append(self, session_id: str, messages: Sequence[Message]) -> None:
+        messages = identified(messages)
         session = self._live(session_id)
         if session is None:
             session = self._sessions[session_id] = _Session(last_used=self._clock(), size=SESSION_OVERHEAD)
@@ -152,6 +158,11 @@ class MemoryStore:
             session.size -= freed
             self.size -= freed
         self._evict()
+
+    async def put(self, session_id: str, messages: Sequence[Message]) -> None:
+        self._drop(session_id)
+        if messages:
+            await self.append(session_id, messages)
 
     async def delete(self, session_id: str) -> bool:
         return self._drop(session_id)
@@ -201,7 +212,8 @@ class TimedStore:
     def __init__(self, store: SessionStore, kind: str, metrics: Metrics) -> None:
         self.store = store
         self._duration = {
-            op: metrics.store_duration.labels(kind, op) for op in ("history", "append", "delete", "lock")
+            op: metrics.store_duration.labels(kind, op)
+            for op in ("history", "append", "put", "delete", "lock")
         }
         self._errors = {op: metrics.store_errors.labels(kind, op) for op in self._duration}
 
@@ -220,6 +232,9 @@ class TimedStore:
 
     async def append(self, session_id: str, messages: Sequence[Message]) -> None:
         await self._timed("append", self.store.append(session_id, messages))
+
+    async def put(self, session_id: str, messages: Sequence[Message]) -> None:
+        await self._timed("put", self.store.put(session_id, messages))
 
     async def delete(self, session_id: str) -> bool:
         return await self._timed("delete", self.store.delete(session_id))

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from chatbot_service.compaction import ContextPolicy, parse_context
 from chatbot_service.conversation import Budget
 from chatbot_service.models import ModelInfo, lookup
 from chatbot_service.policy import Access, Limits, PolicyError, parse_access, parse_limits
@@ -85,6 +86,8 @@ class Settings:
     access: Access | None = None
     limits: Limits | None = None
     api_keys: tuple[tuple[str, Secret], ...] = ()
+    #: Trim (default) or compact history past a threshold (``spec.context``).
+    context: ContextPolicy = field(default_factory=ContextPolicy)
     ignored_keys: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -197,6 +200,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "session_store": _store,
     "redis_url": _redis_url,
     "bot_name": _text,
+    "context": parse_context,
 }
 
 KNOWN_KEYS = frozenset(_PARSERS) | POLICY_KEYS

@@ -133,7 +133,9 @@ func (w *worker) one(ctx context.Context) (time.Duration, error) {
 	}
 	switch w.cfg.mode {
 	case "stream":
-		if !bytes.HasSuffix(bytes.TrimRight(w.buf.Bytes(), "\n"), []byte("data: [DONE]")) {
+		// Chat Completions streams end with [DONE]; Responses streams with a response.completed event.
+		done := bytes.HasSuffix(bytes.TrimRight(w.buf.Bytes(), "\n"), []byte("data: [DONE]"))
+		if !done && !bytes.Contains(w.buf.Bytes(), []byte("event: response.completed\n")) {
 			return 0, fmt.Errorf("stream without [DONE]: %.200s", w.buf.String())
 		}
 	case "chat":

@@ -73,9 +73,15 @@ class Seen:
 
 
 class FakeOpenAI:
-    def __init__(self, *, api_keys: set[str] | None = None, reply: str | None = None) -> None:
+    def __init__(
+        self, *, api_keys: set[str] | None = None, reply: str | None = None, summarizer: str | None = None
+    ) -> None:
         self.api_keys = api_keys  # None: any key is accepted
         self.reply = reply
+        #: A request whose system message contains this is a summary request: answered with the
+        #: words holding a digit of its transcript's user and system lines (deterministic "facts").
+        self.summarizer = summarizer
+        self.summaries_fail = False  # answer summary requests with a 500
         self.faults: deque[Fault] = deque()
         self.requests: list[Seen] = []
         self.url = ""  # set by whoever serves it: the base URL clients use, ending in /v1
@@ -105,7 +111,21 @@ class FakeOpenAI:
         body = {"error": {"message": message, "type": "invalid_request_error", "param": param, "code": code}}
         return JSONResponse(body, status_code=status, headers=headers)
 
+    def is_summary_request(self, messages: list[dict[str, Any]]) -> bool:
+        first = str(messages[0].get("content", "")) if messages else ""
+        return (
+            self.summarizer is not None and messages[0].get("role") == "system" and self.summarizer in first
+        )
+
     def answer_for(self, messages: list[dict[str, Any]]) -> str:
+        if self.is_summary_request(messages):
+            role, words = "", []
+            for line in str(messages[-1]["content"]).splitlines():
+                head = line.split(": ", 1)[0]
+                role = head if head in ("user", "assistant", "system") else role
+                words += line.split() if role in ("user", "system") else []
+            facts = dict.fromkeys(w for w in words if w[:1].isdigit())
+            return "facts: " + " ".join(facts)
         if self.reply is not None:
             return self.reply
         last_user = next((m["content"] for m in reversed(messages) if m.get("role") == "user"), "")
@@ -121,6 +141,8 @@ class FakeOpenAI:
             if fault is None and self.fail_always:
                 self._served += 1
                 fault = self.fail_always[self._served % len(self.fail_always)]
+        if self.summaries_fail and self.is_summary_request(body.get("messages") or []):
+            return self._error(500, "scripted summary failure", "scripted")
         if fault and fault.delay:
             await asyncio.sleep(fault.delay)
         if fault and fault.body is not None:
