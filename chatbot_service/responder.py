@@ -118,18 +118,22 @@ class Responder:
         usage: dict[str, Any] | None = None
         finish: Any = None
         try:
-            async for event in relay.events():
-                if event is None:
+            async for batch in relay.events():
+                if batch is None:
                     yield KEEPALIVE
                     continue
-                if event.chunk is None:
-                    continue
-                delta = delta_text(event.chunk)
-                if delta:
-                    yield events.delta(delta)
-                usage = event.chunk.get("usage") or usage
-                for choice in event.chunk.get("choices") or ():
-                    finish = choice.get("finish_reason") or finish
+                frames = []
+                for event in batch:
+                    if event.chunk is None:
+                        continue
+                    delta = delta_text(event.chunk)
+                    if delta:
+                        frames.append(events.delta(delta))
+                    usage = event.chunk.get("usage") or usage
+                    for choice in event.chunk.get("choices") or ():
+                        finish = choice.get("finish_reason") or finish
+                if frames:  # what arrived together goes out in one write
+                    yield b"".join(frames)
         except ChatError as exc:
             yield events.failed(exc)
             return
