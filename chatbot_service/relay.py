@@ -149,14 +149,16 @@ class Relay:
                 self._turn.upstream_failed("cancelled")
                 self._turn.served("cancelled")
         ticket, self._ticket = self._ticket, None
-        if ticket is not None:
-            await ticket.settle(self._usage, "".join(self._text))
-        reader, self._reader = self._reader, None
-        if reader is not None and not reader.done():
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
-        await self._resources.aclose()
+        try:
+            reader, self._reader = self._reader, None
+            if reader is not None and not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+            await self._resources.aclose()  # the session lock and the upstream first, whatever follows
+        finally:
+            if ticket is not None:
+                await ticket.settle(self._usage, "".join(self._text))
 
 
 class RelayResponse(StreamingResponse):
