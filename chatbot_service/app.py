@@ -283,7 +283,12 @@ def create_app(
             ],
         }
 
-    @app.get("/metrics", tags=["probes"], response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["probes"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics_endpoint() -> Response:
         """Prometheus metrics: the OpenTelemetry GenAI conventions (v1.41.0) and kubechat's own."""
         return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)

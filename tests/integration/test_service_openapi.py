@@ -27,6 +27,20 @@ def test_every_route_documents_its_bodies(bot: ThreadedServer) -> None:
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/info", "get"),
+        ("/metrics", "get"),
+        ("/v1/usage", "get"),
+        ("/v1/responses", "post"),
+        ("/v1/responses/{response_id}", "get"),
+        ("/v1/responses/{response_id}", "delete"),
+        ("/v1/responses/{response_id}/input_items", "get"),
+        ("/v1/conversations", "post"),
+        ("/v1/conversations/{conversation_id}", "get"),
+        ("/v1/conversations/{conversation_id}", "post"),
+        ("/v1/conversations/{conversation_id}", "delete"),
+        ("/v1/conversations/{conversation_id}/items", "get"),
+        ("/v1/conversations/{conversation_id}/items", "post"),
+        ("/v1/conversations/{conversation_id}/items/{item}", "get"),
+        ("/v1/conversations/{conversation_id}/items/{item}", "delete"),
     }
     found = {(path, method) for path, item in doc["paths"].items() for method in item}
     assert found == expected

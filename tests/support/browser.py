@@ -175,8 +175,9 @@ def axe_violations(page: Page, impacts: tuple[str, ...] = ("serious", "critical"
     of the page's context (``with_axe``), which the page's CSP does not apply to."""
     script = """async () => {
         // What a person sees once things settle: finite animations (a message rising in) finished first.
+        // allSettled: an animation cancelled meanwhile (its element replaced) rejects with an AbortError.
         const finite = document.getAnimations().filter((a) => a.effect.getTiming().iterations !== Infinity);
-        await Promise.all(finite.map((a) => a.finished));
+        await Promise.allSettled(finite.map((a) => a.finished));
         return await axe.run(document, { resultTypes: ["violations"] });
     }"""
     result: dict[str, Any] = page.evaluate(script)
