@@ -2,8 +2,10 @@
 
 Called inside a turn's session lock, before the turn is fitted: when ``compaction.split_point`` says a
 compaction is due, the older part is summarised and the session rewritten as the summary then the newest
-turns. Nothing here may fail the turn: an upstream or store failure is logged and counted, and the turn
-goes on with the history as it was (which ``fit`` then trims, as without compaction).
+turns. The summary call is made for the turn's caller and charged to its limits like any upstream call
+(one request, its tokens, its cost: reserved before, settled with the usage after). Nothing here may fail
+the turn: a refusal by the limits, an upstream or a store failure is logged and counted, and the turn goes
+on with the history as it was (which ``fit`` then trims, as without compaction).
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from typing import Any
 
 from chatbot_service.compaction import split_point, summary_text, transcript
 from chatbot_service.conversation import Message, item_id
-from chatbot_service.errors import ChatError
+from chatbot_service.errors import ChatError, LimitsUnavailable, QuotaExceeded, RateLimited
+from chatbot_service.guard import Caller, Guard
 from chatbot_service.metrics import Metrics
 from chatbot_service.sessions import SessionStore
 from chatbot_service.settings import Settings
@@ -28,15 +31,17 @@ MARGIN = 16
 
 
 class Compactor:
-    def __init__(self, upstream: Upstream, metrics: Metrics) -> None:
+    def __init__(self, upstream: Upstream, metrics: Metrics, guard: Guard) -> None:
         self.upstream = upstream
         self.metrics = metrics
+        self.guard = guard
 
     async def compact(
         self,
         settings: Settings,
         encoding: Encoding,
         history: Sequence[Message],
+        caller: Caller,
         store: SessionStore | None = None,
         key: str | None = None,
     ) -> Sequence[Message]:
@@ -51,14 +56,22 @@ class Compactor:
         instructions = Message.create(encoding, "system", policy.prompt)
         room = budget.prompt_tokens - instructions.tokens - MARGIN
         text, _ = transcript(history[:split], room)
+        request = Message.create(encoding, "user", text)
         params: dict[str, Any] = {
             "model": settings.model,
-            "messages": [instructions.as_openai(), {"role": "user", "content": text}],
+            "messages": [instructions.as_openai(), request.as_openai()],
             settings.model_info.reply_limit_param: settings.max_reply_tokens,
         }
         try:
-            body = await self.upstream.complete(settings, params)
+            ticket = await self.guard.admit(caller, settings, instructions.tokens + request.tokens, params)
+        except (RateLimited, QuotaExceeded, LimitsUnavailable) as exc:
+            log.info("compaction not admitted by the limits (%s); trimming instead", exc.code)
+            self.metrics.compactions.labels("refused").inc()
+            return history
+        try:
+            body = await ticket.guarded(self.upstream.complete(settings, params))
             summary = body["choices"][0]["message"]["content"]
+            await ticket.settle(body.get("usage"), summary if isinstance(summary, str) else None)
             if not isinstance(summary, str) or not summary.strip():
                 raise ValueError("an empty summary")
             message = Message.create(encoding, "system", summary_text(summary, split))

@@ -228,13 +228,14 @@ class Metrics:
         self.compactions = Counter(
             "kubechat_compactions",
             "Histories compacted (older turns replaced by a summary from the bot's model), by result; "
-            "failed ones were trimmed instead.",
+            "failed ones, and those the caller's limits refused, were trimmed instead.",
             ["result"],
             registry=r,
         )
         # Series that exist from the start read as 0 instead of "no data" on dashboards and alerts.
         for result in ("ok", "failed"):
             self.settings_reloads.labels(result)
+        for result in ("ok", "failed", "refused"):
             self.compactions.labels(result)
         for reason in REFUSAL_REASONS:
             self.refusals.labels(reason)

@@ -165,7 +165,9 @@ class Responder:
         history = [m.recounted(encoding) for m in plan.history]
         in_place = plan.session is not None and plan.base is None  # a fork is written whole at the end
         key = records.session_key(plan.session) if in_place and plan.session else None
-        plan.history = await service.compactor.compact(settings, encoding, history, records.store, key)
+        plan.history = await service.compactor.compact(
+            settings, encoding, history, caller, records.store, key
+        )
         if plan.base is not None:
             plan.base = list(plan.history)
         pinned = [service._system_message(settings)]

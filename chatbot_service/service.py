@@ -64,7 +64,7 @@ class ChatService:
         self.observer = observer or Observer(Metrics())
         self.metrics = self.observer.metrics
         self.guard = guard or Guard(stores)
-        self.compactor = Compactor(upstream, self.metrics)
+        self.compactor = Compactor(upstream, self.metrics, self.guard)
         self._system: tuple[Settings, Message] | None = None
 
     # -- helpers ---------------------------------------------------------------------------
@@ -115,7 +115,13 @@ class ChatService:
     # -- server-side conversations (/chat) ----------------------------------------------
 
     async def _prepare(
-        self, settings: Settings, session_id: str, new: bool, text: str, key: str | None = None
+        self,
+        settings: Settings,
+        session_id: str,
+        new: bool,
+        text: str,
+        caller: Caller,
+        key: str | None = None,
     ) -> tuple[Message, Prompt, Sequence[Message]]:
         """Inside the session lock: load history and fit the request (raises before any upstream call)."""
         encoding = self._encoding(settings)
@@ -126,7 +132,9 @@ class ChatService:
                 raise SessionNotFound(session_id)
             history = [m.recounted(encoding) for m in found]
             store = self.stores.get(settings)
-            history = await self.compactor.compact(settings, encoding, history, store, key or session_id)
+            history = await self.compactor.compact(
+                settings, encoding, history, caller, store, key or session_id
+            )
         user = Message.create(encoding, "user", text)
         prompt = fit([self._system_message(settings)], history, user, settings.budget)
         return user, prompt, history
@@ -137,7 +145,7 @@ class ChatService:
         sid = session_id or new_session_id()
         key = caller.session_key(sid)
         async with self.stores.get(settings).lock(key):
-            user, prompt, history = await self._prepare(settings, sid, session_id is None, text, key)
+            user, prompt, history = await self._prepare(settings, sid, session_id is None, text, caller, key)
             params = self._params(settings, prompt)
             ticket = await self.guard.admit(caller, settings, prompt.tokens, params)
             turn = self.start_turn(settings, sid, prompt, caller)
@@ -193,7 +201,7 @@ class ChatService:
         resources = contextlib.AsyncExitStack()
         try:
             await resources.enter_async_context(self.stores.get(settings).lock(key))
-            user, prompt, history = await self._prepare(settings, sid, session_id is None, text, key)
+            user, prompt, history = await self._prepare(settings, sid, session_id is None, text, caller, key)
             params = self._params(settings, prompt)
             params["stream_options"] = {"include_usage": True}
             ticket = await self.guard.admit(caller, settings, prompt.tokens, params)

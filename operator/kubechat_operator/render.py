@@ -112,6 +112,8 @@ def settings_data(bot: str, spec: BotSpec, annotations: Mapping[str, str]) -> di
         data["max_context_tokens"] = _number(spec.max_context_tokens)
     if spec.max_reply_tokens is not None:
         data["max_reply_tokens"] = _number(spec.max_reply_tokens)
+    if spec.context is not None:
+        data["context"] = json.dumps(spec.context.as_setting(), sort_keys=True, separators=(",", ":"))
     if spec.open_ai.base_url:
         data["openai_base_url"] = spec.open_ai.base_url
     if spec.session_store:

@@ -21,6 +21,8 @@ DEFAULT_REFRESH_INTERVAL = 30  # seconds; the chat service's KUBECHAT_APPCONFIG_
 DEFAULT_SESSION_STORE = "memory"
 DEFAULT_SERVICE_TYPE = "ClusterIP"
 DEFAULT_SERVICE_PORT = 80
+DEFAULT_CONTEXT_MODE = "trim"  # the chat service's ContextPolicy defaults too
+DEFAULT_COMPACTION_THRESHOLD = 0.75
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,22 @@ class Service:
 
 
 @dataclass(frozen=True)
+class Context:
+    """Trim or compact history past ``threshold`` of the prompt budget (chatbot_service.compaction)."""
+
+    mode: str = DEFAULT_CONTEXT_MODE
+    threshold: float = DEFAULT_COMPACTION_THRESHOLD
+    summary_prompt: str | None = None  # None: the chat service's default prompt
+
+    def as_setting(self) -> dict[str, Any]:
+        """The chat service's ``context`` setting (its JSON keys are the CRD's)."""
+        out: dict[str, Any] = {"mode": self.mode, "threshold": self.threshold}
+        if self.summary_prompt is not None:
+            out["summaryPrompt"] = self.summary_prompt
+        return out
+
+
+@dataclass(frozen=True)
 class Resources:
     """Container requests and limits, quantities as the user wrote them (the schema validates them)."""
 
@@ -105,6 +123,7 @@ class BotSpec:
     temperature: float | None = None
     max_context_tokens: int | None = None
     max_reply_tokens: int | None = None
+    context: Context | None = None  # None: the chat service's (or App Configuration's) choice
     open_ai: OpenAI = field(default_factory=OpenAI)
     app_configuration: AppConfiguration | None = None
     session_store: SessionStore | None = None  # None: the chat service's (or App Configuration's) choice
@@ -200,6 +219,7 @@ def parse(raw_spec: Mapping[str, Any] | None) -> BotSpec:
     conn_ref = _obj(app.get("connectionStringSecretRef"))
     redis_ref = _obj(store.get("redisUrlSecretRef"))
     resources = _obj(s.get("resources"))
+    context = _obj(s.get("context"))
     return BotSpec(
         system_prompt=_opt_str(s.get("systemPrompt")),
         system_prompt_from=PromptSource(
@@ -212,6 +232,13 @@ def parse(raw_spec: Mapping[str, Any] | None) -> BotSpec:
         temperature=_opt_number(s.get("temperature")),
         max_context_tokens=_opt_int(s.get("maxContextTokens")),
         max_reply_tokens=_opt_int(s.get("maxReplyTokens")),
+        context=Context(
+            str(context.get("mode", DEFAULT_CONTEXT_MODE)),
+            float(context.get("threshold", DEFAULT_COMPACTION_THRESHOLD)),
+            _opt_str(context.get("summaryPrompt")),
+        )
+        if s.get("context") is not None
+        else None,
         open_ai=OpenAI(
             ApiKeySecretRef(str(key_ref["name"]), str(key_ref.get("key", "apiKey"))) if key_ref else None,
             _opt_str(openai.get("baseUrl")),

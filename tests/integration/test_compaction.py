@@ -9,9 +9,10 @@ import re
 from typing import Any
 
 import httpx2
+import tiktoken
 
 from tests.integration.conftest import BotFactory
-from tests.support.fake_openai import FakeOpenAI
+from tests.support.fake_openai import FakeOpenAI, prompt_tokens
 from tests.support.servers import ThreadedServer
 
 FACT = "My locker code is 4417."
@@ -111,3 +112,49 @@ def test_a_bad_context_setting_is_named(start_bot: BotFactory, bot_env: dict[str
     with start_bot(bot_env | {"KUBECHAT_CONTEXT": '{"mode": "squash"}'}) as bot:
         ready = httpx2.get(bot.url + "/readyz", timeout=10)
         assert ready.status_code == 503 and "context: mode: must be trim or compact" in ready.text
+
+
+def upstream_tokens(upstream: FakeOpenAI, summaries: bool) -> int:
+    """The tokens the fake upstream reported for its summary (or its turn) requests."""
+    enc = tiktoken.get_encoding("o200k_base")
+    return sum(
+        prompt_tokens(s.body["model"], s.body["messages"])
+        + len(enc.encode(upstream.answer_for(s.body["messages"]), disallowed_special=()))
+        for s in upstream.requests
+        if upstream.is_summary_request(s.body["messages"]) == summaries
+    )
+
+
+def test_the_summary_call_is_charged_to_the_callers_limits(
+    start_bot: BotFactory, bot_env: dict[str, str], upstream: FakeOpenAI
+) -> None:
+    upstream.summarizer = "You compact a conversation"
+    limits = {"KUBECHAT_LIMITS": json.dumps({"perIdentity": {"tokens": {"day": 1_000_000}}})}
+    with start_bot(bot_env | SMALL | COMPACT | limits) as bot:
+        chat_turns(bot, 8)
+        assert compactions(bot, "ok") >= 1
+        (caller,) = httpx2.get(bot.url + "/v1/usage", timeout=10).json()["identities"]
+        summaries, turns = upstream_tokens(upstream, True), upstream_tokens(upstream, False)
+        assert summaries > 0
+        assert caller["windows"]["day"]["tokens"] == turns + summaries
+
+
+def test_a_summary_the_limits_refuse_is_not_made_and_the_session_is_untouched(
+    start_bot: BotFactory, bot_env: dict[str, str], upstream: FakeOpenAI
+) -> None:
+    upstream.summarizer = "You compact a conversation"
+    with start_bot(bot_env | SMALL | COMPACT) as bot:
+        chat_turns(bot, 8)
+    kinds = [upstream.is_summary_request(s.body["messages"]) for s in upstream.requests]
+    due = kinds.index(True)  # the turns answered before the first compaction was due
+    upstream.requests.clear()
+    # as many requests a minute as those turns: the summary call would be one more
+    limits = {"KUBECHAT_LIMITS": json.dumps({"perIdentity": {"requestsPerMinute": due}})}
+    with start_bot(bot_env | SMALL | COMPACT | limits) as bot:
+        sid, _ = chat_turns(bot, due - 1)
+        before = httpx2.get(f"{bot.url}/sessions/{sid}", timeout=10).json()["messages"]
+        refused = httpx2.post(bot.url + "/chat", json={"message": FILLER, "session_id": sid}, timeout=20)
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert compactions(bot, "refused") == 1 and compactions(bot, "ok") == 0
+        assert not any(upstream.is_summary_request(s.body["messages"]) for s in upstream.requests)
+        assert httpx2.get(f"{bot.url}/sessions/{sid}", timeout=10).json()["messages"] == before

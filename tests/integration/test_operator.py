@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -185,6 +186,19 @@ def test_a_redis_session_store_comes_from_its_secret(bots: Bots) -> None:
     assert not any(e.reason == "InMemorySessions" for e in bots.events("shared"))
 
 
+def test_compaction_in_the_spec_reaches_the_pods(bots: Bots) -> None:
+    bots.secret()
+    bots.create(bot_manifest("compacting", context={"mode": "compact", "summaryPrompt": "Keep every name."}))
+    bots.ready("compacting", 1)
+    cm = bots.core.read_namespaced_config_map("compacting-config", bots.ns)
+    # the API server filled in the schema's default threshold; the service reads the same JSON keys
+    assert json.loads(cm.data["context"]) == {
+        "mode": "compact",
+        "threshold": 0.75,
+        "summaryPrompt": "Keep every name.",
+    }
+
+
 def test_kubectl_scale_scales_without_a_rollout(bots: Bots, cluster: ClusterInfo) -> None:
     bots.secret()
     bots.create(bot_manifest("scaled"))
@@ -358,6 +372,22 @@ def test_an_unusable_spec_is_reported_not_retried_forever(bots: Bots) -> None:
             "spec.temperature: Invalid value: 3: spec.temperature in body should be less than or equal to 2",
         ),
         (
+            {
+                "systemPrompt": "hi",
+                "context": {"mode": "squash"},
+                "openAI": {"apiKeySecretRef": {"name": "k"}},
+            },
+            'spec.context.mode: Unsupported value: "squash": supported values: "trim", "compact"',
+        ),
+        (
+            {
+                "systemPrompt": "hi",
+                "context": {"mode": "compact", "threshold": 1},
+                "openAI": {"apiKeySecretRef": {"name": "k"}},
+            },
+            "spec.context.threshold: Invalid value: 1: must be from 0.1 to 0.95",
+        ),
+        (
             {"systemPrompt": "hi", "replicas": -1, "openAI": {"apiKeySecretRef": {"name": "k"}}},
             "spec.replicas in body should be greater than or equal to 0",
         ),
@@ -374,8 +404,6 @@ def test_an_unusable_spec_is_reported_not_retried_forever(bots: Bots) -> None:
 def test_invalid_bots_are_rejected_by_the_api_server(
     cluster: ClusterInfo, namespace: str, operator: Operator, spec: dict[str, Any], message: str
 ) -> None:
-    import json
-
     manifest = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ChatBot",

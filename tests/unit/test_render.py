@@ -93,6 +93,16 @@ def test_settings_carry_only_what_the_spec_sets() -> None:
     }
 
 
+def test_compaction_reaches_the_pods_and_changes_the_hash() -> None:
+    context = {"mode": "compact", "threshold": 0.6, "summaryPrompt": "Keep every name."}
+    data = settings_data("b", parse({"context": context}), {})
+    assert json.loads(data["context"]) == context
+    assert "context" not in settings_data("b", parse({}), {})
+    trimmed = render(bot(), OperatorDefaults())
+    compacted = render(bot(context=context), OperatorDefaults())
+    assert trimmed.config_hash != compacted.config_hash
+
+
 def test_the_key_is_a_file_from_an_optional_secret_never_an_env_var() -> None:
     dep = render(bot(), OperatorDefaults()).deployment
     pod = dep["spec"]["template"]["spec"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import re
 import types
 import typing
@@ -15,6 +16,7 @@ from kubechat_operator import spec as specs
 from kubechat_operator.spec import Bot, BotSpec, parse
 
 from chatbot_service.appconfig_options import AppConfigOptions
+from chatbot_service.compaction import DEFAULT_PROMPT, parse_context
 from chatbot_service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,6 +114,18 @@ def test_the_defaults_the_chat_service_also_has_are_the_same() -> None:
     assert Settings().model == specs.DEFAULT_MODEL
     assert Settings().session_store == specs.DEFAULT_SESSION_STORE
     assert AppConfigOptions().refresh_interval == specs.DEFAULT_REFRESH_INTERVAL
+    policy = Settings().context
+    assert (policy.mode, policy.threshold) == (specs.DEFAULT_CONTEXT_MODE, specs.DEFAULT_COMPACTION_THRESHOLD)
+
+
+def test_the_context_setting_the_operator_writes_is_what_the_chat_service_reads() -> None:
+    for raw in ({"mode": "compact"}, {"mode": "compact", "threshold": 0.5, "summaryPrompt": "Keep names."}):
+        spec = parse({"context": raw})
+        assert spec.context is not None
+        policy = parse_context(json.dumps(spec.context.as_setting()))
+        assert (policy.mode, policy.threshold) == (raw["mode"], raw.get("threshold", 0.75))
+        assert policy.prompt == raw.get("summaryPrompt", DEFAULT_PROMPT)
+    assert parse({}).context is None
 
 
 def test_secret_references_and_the_files_they_become() -> None:
