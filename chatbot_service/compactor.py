@@ -57,9 +57,8 @@ class Compactor:
             settings.model_info.reply_limit_param: settings.max_reply_tokens,
         }
         try:
-            body = await self.upstream.complete(settings, params)
-            summary = body["choices"][0]["message"]["content"]
-            if not isinstance(summary, str) or not summary.strip():
+            summary = (await self.upstream.complete(settings, params)).text
+            if not summary.strip():
                 raise ValueError("an empty summary")
             message = Message.create(encoding, "system", summary_text(summary, split))
             compacted = [dataclasses.replace(message, id=item_id("sum")), *history[split:]]

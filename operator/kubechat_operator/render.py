@@ -114,6 +114,15 @@ def settings_data(bot: str, spec: BotSpec, annotations: Mapping[str, str]) -> di
         data["max_reply_tokens"] = _number(spec.max_reply_tokens)
     if spec.open_ai.base_url:
         data["openai_base_url"] = spec.open_ai.base_url
+    azure = spec.azure_open_ai
+    if azure:
+        for key, value in (
+            ("azure_openai_endpoint", azure.endpoint),
+            ("azure_openai_deployment", azure.deployment),
+            ("azure_openai_api_version", azure.api_version),
+        ):
+            if value:
+                data[key] = value
     if spec.session_store:
         data["session_store"] = spec.session_store.type
     for key, value in (("access", spec.access), ("limits", spec.limits)):
@@ -257,7 +266,7 @@ def render_bot(bot: Bot, defaults: OperatorDefaults) -> Children:
         )
         container["volumeMounts"].append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
     pod_labels = labels(name)
-    if spec.app_configuration and spec.app_configuration.endpoint:
+    if spec.uses_workload_identity:
         # Azure workload identity: the webhook injects AZURE_CLIENT_ID, AZURE_TENANT_ID and the token file
         # into pods carrying this label whose service account names the identity.
         pod_labels["azure.workload.identity/use"] = "true"
