@@ -116,13 +116,13 @@ def settings_data(bot: str, spec: BotSpec, annotations: Mapping[str, str]) -> di
         data["openai_base_url"] = spec.open_ai.base_url
     azure = spec.azure_open_ai
     if azure:
-        for key, value in (
+        for setting, text in (
             ("azure_openai_endpoint", azure.endpoint),
             ("azure_openai_deployment", azure.deployment),
             ("azure_openai_api_version", azure.api_version),
         ):
-            if value:
-                data[key] = value
+            if text:
+                data[setting] = text
     if spec.session_store:
         data["session_store"] = spec.session_store.type
     for key, value in (("access", spec.access), ("limits", spec.limits)):
