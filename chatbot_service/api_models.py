@@ -267,6 +267,9 @@ class Readiness(BaseModel):
     model: str | None
     reloader: ReloaderState
     limits: str | None = Field(default=None, description="Where limits are counted, when the bot has any.")
+    tokens: str | None = Field(
+        default=None, description="The encoding that counts tokens, and whether it is a guess."
+    )
 
 
 class BotInfo(BaseModel):

@@ -185,9 +185,10 @@ def create_app(
         """Settings loaded and a key present (readiness); names what is missing, never a value."""
         report = holder.readiness()
         if holder.current is not None and not holder.current.missing():
-            problem = await stores.get(holder.current).check()
-            if problem:
-                report = {**report, "ready": False, "problems": [*holder.problems, problem]}
+            problems = [await stores.get(holder.current).check(), upstream.problem(holder.current)]
+            found = [problem for problem in problems if problem]
+            if found:
+                report = {**report, "ready": False, "problems": [*holder.problems, *found]}
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
     @app.post(
@@ -264,12 +265,12 @@ def create_app(
                 turn.answered(_json_object(content))
                 turn.served()
                 return Response(content, media_type="application/json", headers=headers)
-            stream = resources.enter_async_context(upstream.stream(settings, params))
-            response = await ticket.guarded(stream)
+            opened = resources.enter_async_context(upstream.stream(settings, params))
+            stream = await ticket.guarded(opened)
         except ChatError as exc:
             turn.failed(exc)
             raise
-        relay = Relay(response, resources, settings.stream_keepalive, turn, ticket)
+        relay = Relay(stream, resources, settings.stream_keepalive, turn, ticket)
         return RelayResponse(relay, _passthrough(relay), headers)
 
     @app.get("/v1/models", tags=["openai"], response_model=ModelList, responses=errors(401, 403, 503))

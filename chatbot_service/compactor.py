@@ -69,10 +69,10 @@ class Compactor:
             self.metrics.compactions.labels("refused").inc()
             return history
         try:
-            body = await ticket.guarded(self.upstream.complete(settings, params))
-            summary = body["choices"][0]["message"]["content"]
-            await ticket.settle(body.get("usage"), summary if isinstance(summary, str) else None)
-            if not isinstance(summary, str) or not summary.strip():
+            reply = await ticket.guarded(self.upstream.complete(settings, params))
+            summary = reply.text
+            await ticket.settle(reply.usage, summary)
+            if not summary.strip():
                 raise ValueError("an empty summary")
             message = Message.create(encoding, "system", summary_text(summary, split))
             compacted = [dataclasses.replace(message, id=item_id("sum")), *history[split:]]

@@ -59,8 +59,10 @@ class SettingsHolder:
         changed = settings != self.current
         if changed:
             log.info(
-                "settings loaded: model=%s; ignored keys: %s",
+                "settings loaded: model=%s, provider=%s, tokens counted with %s; ignored keys: %s",
                 settings.model,
+                settings.provider,
+                settings.token_counting,
                 ", ".join(settings.ignored_keys) or "none",
             )
         self.current, self.problems = settings, []
@@ -114,6 +116,7 @@ class SettingsHolder:
             "missing": missing,
             "problems": problems,
             "model": self.current.model if self.current else None,
+            "tokens": self.current.token_counting if self.current else None,
             "limits": counting(self.current.limits, self.current.session_store) if self.current else None,
             "reloader": {"restarts": self.reloader_restarts, "last_error": self.reloader_error},
         }

@@ -14,15 +14,14 @@ import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-import httpx2
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from chatbot_service.errors import ChatError
 from chatbot_service.guard import Ticket
 from chatbot_service.observe import Turn
-from chatbot_service.sse import CompletionStream, StreamEvent, delta_text
-from chatbot_service.upstream import map_transport_error
+from chatbot_service.sse import StreamEvent
+from chatbot_service.upstream import EventStream
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -38,13 +37,13 @@ class Relay:
 
     def __init__(
         self,
-        response: httpx2.Response,
+        stream: EventStream,
         resources: contextlib.AsyncExitStack,
         keepalive: float,
         turn: Turn | None = None,
         ticket: Ticket | None = None,
     ) -> None:
-        self._response = response
+        self._stream = stream
         self._resources = resources
         self._keepalive = keepalive
         self._turn = turn
@@ -57,31 +56,16 @@ class Relay:
         self._reader: asyncio.Task[None] | None = None
 
     async def _read(self) -> None:
-        check = CompletionStream()
         queue = self._queue
         try:
-            async for piece in self._response.aiter_bytes():
-                events = check.feed(piece)
-                if not events:
-                    continue
-                if check.done:
-                    # before [DONE] goes out: a client must not see it, then an error
-                    events += check.finish()
+            async for events in self._stream.batches():
                 if queue.full():
                     await queue.put(events)  # a slow client: the upstream waits
                 else:
                     queue.put_nowait(events)
-                if check.done:
-                    break
-            else:
-                last = check.finish()
-                if last:
-                    queue.put_nowait(last)
             item: Any = _END
         except ChatError as exc:
             item = exc
-        except httpx2.HTTPError as exc:
-            item = map_transport_error(exc)
         await queue.put(item)
 
     async def events(self) -> AsyncIterator[list[StreamEvent] | None]:
@@ -114,23 +98,21 @@ class Relay:
                     raise item
                 for event in item:
                     if event.chunk is not None:
-                        self._observe(event.chunk)
+                        self._observe(event)
                 batch.extend(item)
                 if queue.empty():
                     break
                 item = queue.get_nowait()
             yield batch
 
-    def _observe(self, chunk: dict[str, Any]) -> None:
-        delta = delta_text(chunk)
-        if delta:
-            self._text.append(delta)
+    def _observe(self, event: StreamEvent) -> None:
+        if event.text:
+            self._text.append(event.text)
             if self._turn is not None:
                 self._turn.first_token()
-        self._last = chunk
-        usage = chunk.get("usage")
-        if isinstance(usage, dict):
-            self._usage = usage
+        self._last = event.chunk
+        if event.usage is not None:
+            self._usage = event.usage
 
     def _end(self, error: ChatError | None) -> None:
         self._ended = True

@@ -26,9 +26,9 @@ from chatbot_service.records import Records, StoredResponse
 from chatbot_service.relay import Relay
 from chatbot_service.responses import Draft, Events, finished_status, message_item
 from chatbot_service.responses_api import ResponseRequest, input_messages
-from chatbot_service.service import ChatService, _reply_text
+from chatbot_service.service import ChatService
 from chatbot_service.settings import Settings
-from chatbot_service.sse import KEEPALIVE, delta_text
+from chatbot_service.sse import KEEPALIVE
 
 ROUTE = "/v1/responses"
 
@@ -76,17 +76,15 @@ class Responder:
         async with contextlib.AsyncExitStack() as resources:
             started = await self._start(request, caller, resources)
             try:
-                body = await started.ticket.guarded(
+                reply = await started.ticket.guarded(
                     self.service.upstream.complete(started.settings, started.params)
                 )
-                reply = _reply_text(body)
             except ChatError as exc:
                 started.turn.failed(exc)
                 raise
-            await started.ticket.settle(body.get("usage"), reply)
-            started.turn.answered(body)
-            finish = (body.get("choices") or [{}])[0].get("finish_reason")
-            response = await self._finish(started, reply, body.get("usage"), finished_status(finish))
+            await started.ticket.settle(reply.usage, reply.text)
+            started.turn.answered(reply.body)
+            response = await self._finish(started, reply.text, reply.usage, finished_status(reply.finish))
             started.turn.served()
             return response, started.headers
 
@@ -99,17 +97,17 @@ class Responder:
         try:
             started = await self._start(request, caller, resources, stream=True)
             try:
-                stream = resources.enter_async_context(
+                opened = resources.enter_async_context(
                     self.service.upstream.stream(started.settings, started.params)
                 )
-                response = await started.ticket.guarded(stream)
+                stream = await started.ticket.guarded(opened)
             except ChatError as exc:
                 started.turn.failed(exc)
                 raise
         except BaseException:
             await resources.aclose()
             raise
-        relay = Relay(response, resources, started.settings.stream_keepalive, started.turn, started.ticket)
+        relay = Relay(stream, resources, started.settings.stream_keepalive, started.turn, started.ticket)
         return relay, self._frames(relay, started), started.headers
 
     async def _frames(self, relay: Relay, started: Started) -> AsyncGenerator[bytes, None]:
@@ -126,12 +124,10 @@ class Responder:
                 for event in batch:
                     if event.chunk is None:
                         continue
-                    delta = delta_text(event.chunk)
-                    if delta:
-                        frames.append(events.delta(delta))
-                    usage = event.chunk.get("usage") or usage
-                    for choice in event.chunk.get("choices") or ():
-                        finish = choice.get("finish_reason") or finish
+                    if event.text:
+                        frames.append(events.delta(event.text))
+                    usage = event.usage or usage
+                    finish = event.finish or finish
                 if frames:  # what arrived together goes out in one write
                     yield b"".join(frames)
         except ChatError as exc:

@@ -16,7 +16,7 @@ from typing import Any
 from chatbot_service.api_models import CompletionRequest
 from chatbot_service.compactor import Compactor
 from chatbot_service.conversation import Message, Prompt, fit
-from chatbot_service.errors import BadRequest, ChatError, MessageTooLong, SessionNotFound, UpstreamError
+from chatbot_service.errors import BadRequest, ChatError, MessageTooLong, SessionNotFound
 from chatbot_service.guard import OPEN, Caller, Guard
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.metrics import Metrics
@@ -24,7 +24,6 @@ from chatbot_service.observe import Observer, Turn
 from chatbot_service.relay import Relay
 from chatbot_service.sessions import Stores
 from chatbot_service.settings import Settings
-from chatbot_service.sse import delta_text
 from chatbot_service.tokens import Encoding, get_encoding
 from chatbot_service.upstream import Upstream
 
@@ -105,6 +104,7 @@ class ChatService:
         """Count how the prompt was fitted and start observing the request (None: a stateless one)."""
         route = route or ("/chat" if session_id else "/v1/chat/completions")
         self.metrics.record_fit(route, prompt.truncated, prompt.dropped)
+        self.metrics.provider = self.upstream.provider_name(settings)
         turn = self.observer.turn(
             settings.model, conversation_id=session_id, trimmed=prompt.truncated, dropped=prompt.dropped
         )
@@ -150,14 +150,13 @@ class ChatService:
             ticket = await self.guard.admit(caller, settings, prompt.tokens, params)
             turn = self.start_turn(settings, sid, prompt, caller)
             try:
-                body = await ticket.guarded(self.upstream.complete(settings, params))
-                reply = _reply_text(body)
+                reply = await ticket.guarded(self.upstream.complete(settings, params))
             except ChatError as exc:
                 turn.failed(exc)
                 raise
-            await ticket.settle(body.get("usage"), reply)
-            turn.answered(body)
-            result = await self._record(settings, sid, user, reply, body.get("usage"), prompt, history, key)
+            await ticket.settle(reply.usage, reply.text)
+            turn.answered(reply.body)
+            result = await self._record(settings, sid, user, reply.text, reply.usage, prompt, history, key)
             turn.served()
             return result
 
@@ -207,15 +206,15 @@ class ChatService:
             ticket = await self.guard.admit(caller, settings, prompt.tokens, params)
             turn = self.start_turn(settings, sid, prompt, caller)
             try:
-                stream = resources.enter_async_context(self.upstream.stream(settings, params))
-                response = await ticket.guarded(stream)
+                opened = resources.enter_async_context(self.upstream.stream(settings, params))
+                stream = await ticket.guarded(opened)
             except ChatError as exc:
                 turn.failed(exc)
                 raise
         except BaseException:
             await resources.aclose()
             raise
-        relay = Relay(response, resources, settings.stream_keepalive, turn, ticket)
+        relay = Relay(stream, resources, settings.stream_keepalive, turn, ticket)
         return relay, self._chat_events(relay, settings, sid, user, prompt, history, key)
 
     async def _chat_events(
@@ -238,11 +237,9 @@ class ChatService:
                     continue
                 deltas = []
                 for event in batch:
-                    if event.chunk is not None:
-                        delta = delta_text(event.chunk)
-                        if delta:
-                            deltas.append(delta)
-                        usage = event.chunk.get("usage") or usage
+                    if event.text:
+                        deltas.append(event.text)
+                    usage = event.usage or usage
                 if deltas:
                     parts.extend(deltas)
                     yield {"deltas": deltas}
@@ -280,13 +277,3 @@ class ChatService:
         params = self._params(settings, prompt, request.reply_limit)
         params.update(request.passed_through())
         return params, prompt
-
-
-def _reply_text(body: dict[str, Any]) -> str:
-    try:
-        content = body["choices"][0]["message"].get("content")
-    except (KeyError, IndexError, TypeError, AttributeError):
-        content = 0
-    if content is not None and not isinstance(content, str):
-        raise UpstreamError(502, "upstream_bad_response", "the model API answered without a reply")
-    return content or ""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +22,7 @@ from chatbot_service.models import ModelInfo, lookup
 from chatbot_service.policy import Access, Limits, PolicyError, parse_access, parse_limits
 
 #: Keys whose values are secrets: never echoed in errors or logs.
-SECRET_KEYS = frozenset({"openai_api_key", "redis_url", "api_keys"})
+SECRET_KEYS = frozenset({"openai_api_key", "azure_openai_api_key", "redis_url", "api_keys"})
 #: Settings parsed after the others, because they depend on them (the bot's name, its model).
 POLICY_KEYS = frozenset({"access", "limits", "api_keys"})
 
@@ -63,6 +64,12 @@ class Settings:
 
     openai_api_key: Secret | None = None
     openai_base_url: str | None = None
+    #: Azure OpenAI (``spec.azureOpenAI``): set, it is the provider; Entra ID unless a key is given.
+    azure_openai_endpoint: str | None = None
+    azure_openai_deployment: str | None = None
+    #: ``v1``: the OpenAI-compatible ``/openai/v1/`` path; a date: ``/openai/deployments/...?api-version=``.
+    azure_openai_api_version: str = "v1"
+    azure_openai_api_key: Secret | None = None
     system_prompt: str = "You are a helpful assistant."
     model: str = "gpt-4o-mini"
     temperature: float | None = None
@@ -100,6 +107,25 @@ class Settings:
         return info
 
     @property
+    def token_counting(self) -> str:
+        """Which encoding counts this bot's tokens and why, saying so when it is a guess."""
+        info = self.model_info
+        if self.token_encoding:
+            return f"{info.encoding} (set by token_encoding)"
+        if info.known:
+            return f"{info.encoding} (the encoding of {info.name})"
+        behind = "the model behind the Azure deployment" if self.provider == "azure" else "a known model name"
+        return (
+            f"{info.encoding} (a guess: {info.name!r} is not a model this service knows; set token_encoding, "
+            f"or model to {behind})"
+        )
+
+    @property
+    def provider(self) -> str:
+        """Which model API this bot talks to (``upstream._PROVIDERS``)."""
+        return "azure" if self.azure_openai_endpoint else "openai"
+
+    @property
     def budget(self) -> Budget:
         return Budget(self.max_context_tokens or self.model_info.context_tokens, self.max_reply_tokens)
 
@@ -111,7 +137,10 @@ class Settings:
 
     def missing(self) -> list[str]:
         """What the bot still needs before it can answer (for ``/readyz``)."""
-        missing = [] if self.openai_api_key else ["openai_api_key"]
+        if self.provider == "azure":
+            missing = [] if self.azure_openai_deployment else ["azure_openai_deployment"]
+        else:
+            missing = [] if self.openai_api_key else ["openai_api_key"]
         if self.session_store == "redis" and self.redis_url is None:
             missing.append("redis_url")
         return missing
@@ -173,6 +202,24 @@ def _redis_url(value: str) -> Secret:
     return Secret(value.strip())
 
 
+def _https(value: str) -> str:
+    if not value.strip().startswith("https://"):
+        raise ValueError("must be an https:// URL (https://<resource>.openai.azure.com or a custom domain)")
+    return value.strip().rstrip("/")
+
+
+def _deployment(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value.strip()):
+        raise ValueError("must be a deployment name (letters, digits, . _ -, at most 64)")
+    return value.strip()
+
+
+def _api_version(value: str) -> str:
+    if not re.fullmatch(r"v1|\d{4}-\d{2}-\d{2}(-preview)?", value.strip()):
+        raise ValueError("must be v1 (the /openai/v1/ path) or a data-plane api-version like 2024-10-21")
+    return value.strip()
+
+
 def _encoding(value: str) -> str:
     if value not in ("o200k_base", "cl100k_base"):
         raise ValueError("must be o200k_base or cl100k_base (the encodings this service carries)")
@@ -182,6 +229,10 @@ def _encoding(value: str) -> str:
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "openai_api_key": lambda v: Secret(_nonempty(v).strip()),
     "openai_base_url": _url,
+    "azure_openai_endpoint": _https,
+    "azure_openai_deployment": _deployment,
+    "azure_openai_api_version": _api_version,
+    "azure_openai_api_key": lambda v: Secret(_nonempty(v).strip()),
     "system_prompt": _nonempty,
     "model": lambda v: _nonempty(v).strip(),
     "temperature": _number(0, 2),

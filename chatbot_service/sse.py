@@ -21,10 +21,15 @@ KEEPALIVE = b": keep-alive\n\n"
 
 @dataclass(frozen=True, slots=True)
 class StreamEvent:
-    """One complete event: its SSE frame (to forward as is) and the chunk it holds (None: ``[DONE]``)."""
+    """One complete event: its SSE frame (to forward as is), the chunk it holds (None: ``[DONE]``), the
+    text it adds to the first choice, the usage block it carries (the last chunk, when asked for) and the
+    finish reason it gives, if any."""
 
     frame: bytes
     chunk: dict[str, Any] | None
+    text: str = ""
+    usage: dict[str, Any] | None = None
+    finish: str | None = None
 
 
 def _malformed(what: str) -> UpstreamError:
@@ -102,6 +107,7 @@ class CompletionStream:
         choices = chunk.get("choices", [])
         if not isinstance(choices, list):
             raise _malformed("'choices' is not a list")
+        finish = None
         for choice in choices:
             if not isinstance(choice, dict) or not isinstance(choice.get("delta", {}), dict):
                 raise _malformed("a choice that is not an object with a delta")
@@ -109,7 +115,11 @@ class CompletionStream:
             self._started.add(index)
             if choice.get("finish_reason"):
                 self._finished.add(index)
-        return StreamEvent(frame, chunk)
+                finish = str(choice["finish_reason"])
+        usage = chunk.get("usage")
+        return StreamEvent(
+            frame, chunk, delta_text(chunk), usage if isinstance(usage, dict) else None, finish
+        )
 
 
 def delta_text(chunk: dict[str, Any]) -> str:

@@ -116,6 +116,15 @@ def settings_data(bot: str, spec: BotSpec, annotations: Mapping[str, str]) -> di
         data["context"] = json.dumps(spec.context.as_setting(), sort_keys=True, separators=(",", ":"))
     if spec.open_ai.base_url:
         data["openai_base_url"] = spec.open_ai.base_url
+    azure = spec.azure_open_ai
+    if azure:
+        for setting, text in (
+            ("azure_openai_endpoint", azure.endpoint),
+            ("azure_openai_deployment", azure.deployment),
+            ("azure_openai_api_version", azure.api_version),
+        ):
+            if text:
+                data[setting] = text
     if spec.session_store:
         data["session_store"] = spec.session_store.type
     for key, value in (("access", spec.access), ("limits", spec.limits)):
@@ -259,7 +268,7 @@ def render_bot(bot: Bot, defaults: OperatorDefaults) -> Children:
         )
         container["volumeMounts"].append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
     pod_labels = labels(name)
-    if spec.app_configuration and spec.app_configuration.endpoint:
+    if spec.uses_workload_identity:
         # Azure workload identity: the webhook injects AZURE_CLIENT_ID, AZURE_TENANT_ID and the token file
         # into pods carrying this label whose service account names the identity.
         pod_labels["azure.workload.identity/use"] = "true"

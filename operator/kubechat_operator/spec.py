@@ -52,6 +52,21 @@ class OpenAI:
 
 
 @dataclass(frozen=True)
+class AzureOpenAI:
+    """``spec.azureOpenAI``: a deployment on an Azure OpenAI resource, reached with the pods' workload
+    identity unless a key Secret is named. Unset fields are left to App Configuration."""
+
+    endpoint: str | None = None
+    deployment: str | None = None
+    api_version: str | None = None
+    api_key_secret_ref: ApiKeySecretRef | None = None
+
+    @property
+    def keyless(self) -> bool:
+        return self.api_key_secret_ref is None
+
+
+@dataclass(frozen=True)
 class ConnectionStringSecretRef:
     name: str
     key: str = "connectionString"
@@ -125,6 +140,7 @@ class BotSpec:
     max_reply_tokens: int | None = None
     context: Context | None = None  # None: the chat service's (or App Configuration's) choice
     open_ai: OpenAI = field(default_factory=OpenAI)
+    azure_open_ai: AzureOpenAI | None = None
     app_configuration: AppConfiguration | None = None
     session_store: SessionStore | None = None  # None: the chat service's (or App Configuration's) choice
     image: str | None = None
@@ -158,6 +174,9 @@ class BotSpec:
         if self.open_ai.api_key_secret_ref:
             ref = self.open_ai.api_key_secret_ref
             refs.append((ref.name, ref.key, "openai_api_key"))
+        azure_key = self.azure_open_ai.api_key_secret_ref if self.azure_open_ai else None
+        if azure_key:
+            refs.append((azure_key.name, azure_key.key, "azure_openai_api_key"))
         if self.session_store and self.session_store.redis_url_secret_ref:
             redis = self.session_store.redis_url_secret_ref
             refs.append((redis.name, redis.key, "redis_url"))
@@ -174,6 +193,13 @@ class BotSpec:
         if self.api_keys_secret:
             refs.append((self.api_keys_secret, "any: one entry per client"))
         return refs
+
+    @property
+    def uses_workload_identity(self) -> bool:
+        """The pods authenticate to Azure as themselves (App Configuration by endpoint, keyless Azure
+        OpenAI): the workload identity webhook must inject the identity."""
+        app = self.app_configuration
+        return bool(app and app.endpoint) or bool(self.azure_open_ai and self.azure_open_ai.keyless)
 
     @property
     def splits_conversations(self) -> bool:
@@ -212,9 +238,10 @@ def parse(raw_spec: Mapping[str, Any] | None) -> BotSpec:
     """The spec as the API server returns it (schema-validated) -> ``BotSpec``; absent fields default."""
     s = _obj(raw_spec)
     prompt_from = _obj(s.get("systemPromptFrom"))
-    openai, app, store, svc = (
-        _obj(s.get(k)) for k in ("openAI", "appConfiguration", "sessionStore", "service")
+    openai, azure, app, store, svc = (
+        _obj(s.get(k)) for k in ("openAI", "azureOpenAI", "appConfiguration", "sessionStore", "service")
     )
+    azure_key = _obj(azure.get("apiKeySecretRef"))
     key_ref = _obj(openai.get("apiKeySecretRef"))
     conn_ref = _obj(app.get("connectionStringSecretRef"))
     redis_ref = _obj(store.get("redisUrlSecretRef"))
@@ -243,6 +270,16 @@ def parse(raw_spec: Mapping[str, Any] | None) -> BotSpec:
             ApiKeySecretRef(str(key_ref["name"]), str(key_ref.get("key", "apiKey"))) if key_ref else None,
             _opt_str(openai.get("baseUrl")),
         ),
+        azure_open_ai=AzureOpenAI(
+            endpoint=_opt_str(azure.get("endpoint")),
+            deployment=_opt_str(azure.get("deployment")),
+            api_version=_opt_str(azure.get("apiVersion")),
+            api_key_secret_ref=ApiKeySecretRef(str(azure_key["name"]), str(azure_key.get("key", "apiKey")))
+            if azure_key
+            else None,
+        )
+        if s.get("azureOpenAI") is not None
+        else None,
         app_configuration=AppConfiguration(
             endpoint=_opt_str(app.get("endpoint")),
             connection_string_secret_ref=ConnectionStringSecretRef(

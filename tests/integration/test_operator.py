@@ -164,6 +164,37 @@ def test_a_bot_gets_its_deployment_service_and_config_map(bots: Bots) -> None:
     assert any(e.reason == "InMemorySessions" and e.type == "Warning" for e in bots.events("helpdesk"))
 
 
+def test_a_keyless_azure_openai_bot_runs_with_its_workload_identity(bots: Bots, cluster: ClusterInfo) -> None:
+    bots.core.create_namespaced_service_account(
+        bots.ns,
+        client.V1ServiceAccount(
+            metadata=client.V1ObjectMeta(
+                name="helpdesk-wi", annotations={"azure.workload.identity/client-id": "5c9d3f1e-client"}
+            )
+        ),
+    )
+    manifest = bot_manifest(
+        "azurebot",
+        model="gpt-4o",
+        serviceAccountName="helpdesk-wi",
+        azureOpenAI={"endpoint": "https://contoso.openai.azure.com", "deployment": "chat-prod"},
+    )
+    del manifest["spec"]["openAI"]
+    bots.create(manifest)
+    bots.ready("azurebot", 1)
+    template = bots.deployment("azurebot").spec.template
+    assert template.metadata.labels["azure.workload.identity/use"] == "true"
+    assert template.spec.service_account_name == "helpdesk-wi"
+    cm = bots.core.read_namespaced_config_map("azurebot-config", bots.ns)
+    assert cm.data["azure_openai_endpoint"] == "https://contoso.openai.azure.com"
+    assert cm.data["azure_openai_deployment"] == "chat-prod"
+    assert not any(s.secret for s in template.spec.volumes[0].projected.sources)  # no key anywhere
+    listed = kubectl(cluster, "-n", bots.ns, "get", "chatbots", "azurebot").stdout.splitlines()
+    header, row = listed[0].split(), listed[1].split()
+    assert header[:4] == ["NAME", "MODEL", "AZURE", "DEPLOYMENT"], listed
+    assert row[:3] == ["azurebot", "gpt-4o", "chat-prod"], listed
+
+
 def test_a_redis_session_store_comes_from_its_secret(bots: Bots) -> None:
     bots.secret()
     bots.create(
@@ -348,6 +379,32 @@ def test_an_unusable_spec_is_reported_not_retried_forever(bots: Bots) -> None:
         ),
         ({"systemPrompt": "   ", "openAI": {"apiKeySecretRef": {"name": "k"}}}, "must not be empty"),
         ({"systemPrompt": "hi"}, "the bot needs a source for its OpenAI key"),
+        (
+            {
+                "systemPrompt": "hi",
+                "openAI": {"apiKeySecretRef": {"name": "k"}},
+                "azureOpenAI": {"endpoint": "https://c.openai.azure.com", "deployment": "chat"},
+            },
+            "azureOpenAI replaces openAI: set one of them",
+        ),
+        (
+            {
+                "systemPrompt": "hi",
+                "azureOpenAI": {"endpoint": "http://c.openai.azure.com", "deployment": "d"},
+            },
+            "spec.azureOpenAI.endpoint in body should match",
+        ),
+        (
+            {
+                "systemPrompt": "hi",
+                "azureOpenAI": {
+                    "endpoint": "https://c.openai.azure.com",
+                    "deployment": "d",
+                    "apiVersion": "x",
+                },
+            },
+            "spec.azureOpenAI.apiVersion in body should match",
+        ),
         (
             {
                 "systemPrompt": "hi",

@@ -213,3 +213,32 @@ def test_access_mounts_the_keys_and_grants_exactly_token_review() -> None:
         plain.access == ()
         and plain.deployment["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
     )
+
+
+def test_a_keyless_azure_openai_bot_gets_the_workload_identity_label_and_its_settings() -> None:
+    spec = bot(
+        serviceAccountName="helpdesk-wi",
+        azureOpenAI={"endpoint": "https://contoso.openai.azure.com", "deployment": "chat-prod"},
+    )
+    del spec["spec"]["openAI"]
+    children = render(spec, OperatorDefaults())
+    template = children.deployment["spec"]["template"]
+    assert template["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    assert template["spec"]["serviceAccountName"] == "helpdesk-wi"
+    data = children.config_map["data"]
+    assert data["azure_openai_endpoint"] == "https://contoso.openai.azure.com"
+    assert data["azure_openai_deployment"] == "chat-prod" and "azure_openai_api_version" not in data
+    assert secret_refs(spec["spec"]) == []
+    keyed = bot(
+        azureOpenAI={
+            "endpoint": "https://contoso.openai.azure.com",
+            "deployment": "chat-prod",
+            "apiVersion": "2024-10-21",
+            "apiKeySecretRef": {"name": "aoai", "key": "key1"},
+        }
+    )
+    del keyed["spec"]["openAI"]
+    children = render(keyed, OperatorDefaults())
+    assert "azure.workload.identity/use" not in children.deployment["spec"]["template"]["metadata"]["labels"]
+    assert children.config_map["data"]["azure_openai_api_version"] == "2024-10-21"
+    assert parse(keyed["spec"]).secret_refs() == [("aoai", "key1", "azure_openai_api_key")]

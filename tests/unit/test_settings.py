@@ -74,3 +74,52 @@ def test_mounted_files_win_over_the_environment(tmp_path: Path) -> None:
     values = read_local(env, {"temperature": "0.2", "model": "gpt-4.1"})
     assert values == {"model": "gpt-4o", "openai_api_key": "sk-from-file\n", "temperature": "0.2"}
     assert parse_settings(values).openai_api_key == Secret("sk-from-file")
+
+
+def test_azure_openai_settings_pick_the_provider_and_need_only_a_deployment() -> None:
+    settings = parse_settings(
+        {"azure_openai_endpoint": "https://contoso.openai.azure.com/", "model": "gpt-4o-mini"}
+    )
+    assert settings.provider == "azure" and settings.azure_openai_api_version == "v1"
+    assert settings.azure_openai_endpoint == "https://contoso.openai.azure.com"
+    assert settings.missing() == ["azure_openai_deployment"]  # no OpenAI key needed: Entra ID
+    keyed = parse_settings(
+        {
+            "azure_openai_endpoint": "https://contoso.openai.azure.com",
+            "azure_openai_deployment": "chat-prod",
+            "azure_openai_api_version": "2024-10-21",
+            "azure_openai_api_key": "azure-key-0123456789",
+        }
+    )
+    assert keyed.missing() == [] and "azure-key" not in repr(keyed)
+    assert parse_settings({}).provider == "openai"
+
+
+def test_bad_azure_openai_settings_are_named_and_the_key_is_not_echoed() -> None:
+    with pytest.raises(SettingsError) as raised:
+        parse_settings(
+            {
+                "azure_openai_endpoint": "http://contoso.openai.azure.com",
+                "azure_openai_deployment": "bad name/x",
+                "azure_openai_api_version": "latest",
+                "azure_openai_api_key": " ",
+            }
+        )
+    problems = "; ".join(raised.value.problems)
+    for key in ("azure_openai_endpoint", "azure_openai_deployment", "azure_openai_api_version"):
+        assert key in problems
+    assert (
+        "azure_openai_api_key: must not be empty" in problems and "got" not in problems.split("api_key")[-1]
+    )
+
+
+def test_token_counting_says_which_encoding_and_when_it_is_a_guess() -> None:
+    known = parse_settings({"model": "gpt-4-0613"})
+    assert known.token_counting == "cl100k_base (the encoding of gpt-4-0613)"
+    azure = parse_settings(
+        {"model": "chat-prod", "azure_openai_endpoint": "https://contoso.openai.azure.com"}
+    )
+    assert azure.token_counting.startswith("o200k_base (a guess: 'chat-prod' is not a model")
+    assert "the model behind the Azure deployment" in azure.token_counting
+    pinned = parse_settings({"model": "chat-prod", "token_encoding": "cl100k_base"})
+    assert pinned.token_counting == "cl100k_base (set by token_encoding)"

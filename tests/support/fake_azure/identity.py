@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -24,6 +25,7 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 class Issued:
     scope: str
     tenant: str
+    expires_at: float = float("inf")
 
 
 class FakeIdentity:
@@ -34,14 +36,24 @@ class FakeIdentity:
         self.url = ""  # the authority host, https://127.0.0.1:<port>, set by whoever serves it
         self.issued: dict[str, Issued] = {}
         self.scopes_requested: list[str] = []
+        #: Seconds each token is valid for (``expires_in``); a token past it is refused by ``valid``.
+        self.lifetime = 3600
         self._lock = threading.Lock()
         self.app = Starlette(routes=[Route("/{tenant}/oauth2/v2.0/token", self.token, methods=["POST"])])
 
     def valid(self, authorization: str | None, scope: str) -> bool:
-        """Is ``authorization`` (``Bearer <token>``) a token this fake issued for ``scope``?"""
+        """Is ``authorization`` (``Bearer <token>``) an unexpired token this fake issued for ``scope``?"""
         scheme, _, token = (authorization or "").partition(" ")
         issued = self.issued.get(token)
-        return scheme.lower() == "bearer" and issued is not None and issued.scope == scope
+        return (
+            scheme.lower() == "bearer"
+            and issued is not None
+            and issued.scope == scope
+            and time.time() < issued.expires_at
+        )
+
+    def issued_for(self, scope: str) -> list[str]:
+        return [token for token, issued in self.issued.items() if issued.scope == scope]
 
     @property
     def tokens(self) -> list[str]:
@@ -60,10 +72,11 @@ class FakeIdentity:
         scope = form.get("scope", "")
         token = "fake-access-" + secrets.token_hex(16)
         with self._lock:
-            self.issued[token] = Issued(scope, tenant)
+            self.issued[token] = Issued(scope, tenant, time.time() + self.lifetime)
             self.scopes_requested.append(scope)
+        life = self.lifetime
         return JSONResponse(
-            {"token_type": "Bearer", "expires_in": 3600, "ext_expires_in": 3600, "access_token": token}
+            {"token_type": "Bearer", "expires_in": life, "ext_expires_in": life, "access_token": token}
         )
 
 

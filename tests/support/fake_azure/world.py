@@ -14,6 +14,7 @@ from tests.support.fake_azure.appconfig import FakeAppConfig
 from tests.support.fake_azure.identity import FakeIdentity
 from tests.support.fake_azure.keyvault import FakeKeyVault
 from tests.support.fake_azure.network import ConnectProxy, loopback_only
+from tests.support.fake_azure.openai_data_plane import FakeAzureOpenAI
 from tests.support.fake_azure.tls import TestCA
 from tests.support.servers import ThreadedServer, serving
 
@@ -23,6 +24,9 @@ CLIENT_ID = "5c9d3f1e-2b7a-4c1d-9e8f-0a1b2c3d4e5f"
 LOGIN_HOST = "login.microsoftonline.com"
 VAULT_HOST = "kubechat-test.vault.azure.net"
 STORE_HOST = "kubechat-test.azconfig.io"
+OPENAI_HOST = "kubechat-test.openai.azure.com"
+#: The deployment the fake Azure OpenAI resource has.
+DEPLOYMENT = "chat-prod"
 
 
 class AzureWorld:
@@ -35,6 +39,7 @@ class AzureWorld:
         self.extra_secrets: list[str] = []
         self.blocked: list[str] = []
         self.proxy: ConnectProxy | None = None
+        self.openai = FakeAzureOpenAI(identity, {DEPLOYMENT})
 
     def start_store(self) -> None:
         """Serve the store (tests of a store that is down at first create it unstarted)."""
@@ -49,6 +54,7 @@ class AzureWorld:
             self.identity.federated_token,
             *self.identity.tokens,
             *(value for versions in self.vault.versions.values() for _, value in versions),
+            *self.openai.api_keys,
             *self.extra_secrets,
         ]
 
@@ -75,8 +81,15 @@ def azure_world(
         vault_server = stack.enter_context(serving(vault.app, **tls(VAULT_HOST)))
         store = FakeAppConfig(identity=identity, page_size=2)
         store_server = ThreadedServer(store.app, **tls(STORE_HOST))
-        servers = {LOGIN_HOST: identity_server, VAULT_HOST: vault_server, STORE_HOST: store_server}
-        identity.url, vault.url, store.url = (
+        world = AzureWorld(ca, identity, vault, store)
+        openai_server = stack.enter_context(serving(world.openai.app, **tls(OPENAI_HOST)))
+        servers = {
+            LOGIN_HOST: identity_server,
+            VAULT_HOST: vault_server,
+            STORE_HOST: store_server,
+            OPENAI_HOST: openai_server,
+        }
+        identity.url, vault.url, store.url, world.openai.url = (
             f"https://{name}" if real_names else f"https://127.0.0.1:{server.port}"
             for name, server in servers.items()
         )
@@ -88,6 +101,8 @@ def azure_world(
             "AZURE_FEDERATED_TOKEN_FILE": str(token_file),
             "AZURE_TOKEN_CREDENTIALS": "WorkloadIdentityCredential",
             "REQUESTS_CA_BUNDLE": str(ca.ca_file),
+            # what httpx (the openai client) trusts, as a process with a private CA would be told
+            "SSL_CERT_FILE": str(ca.ca_file),
         }
         for name in (
             "AZURE_CLIENT_SECRET",
@@ -97,7 +112,6 @@ def azure_world(
             "HTTP_PROXY",
         ):
             monkeypatch.delenv(name, raising=False)
-        world = AzureWorld(ca, identity, vault, store)
         if real_names:
             store.scope = "https://azconfig.io/.default"  # the audience the SDK derives from *.azconfig.io
             world.proxy = ConnectProxy({name: server.port for name, server in servers.items()}).start()
