@@ -9,7 +9,6 @@ back is settled with the usage the upstream reports (or released if the call fai
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -119,17 +118,8 @@ class Ticket:
         adjustments = self._planner.settlement(self._charges, prompt, completion)
         if not adjustments:
             return
-        if not self._counters.shared:
-            await _settle(self._counters, adjustments)
-            return
-        # Shared counters: settle after the answer has gone, not before (a Redis round trip off the
-        # response's path). Until then the reservation holds, which can only refuse early, never overspend.
-        task = asyncio.get_running_loop().create_task(_settle(self._counters, adjustments))
-        _SETTLING.add(task)
-        task.add_done_callback(_SETTLING.discard)
-
-
-_SETTLING: set[asyncio.Task[None]] = set()  # settlements in flight (referenced, so none is collected)
+        # No I/O for shared counters either: Redis's settlement rides on the next reservation.
+        await _settle(self._counters, adjustments)
 
 
 async def _settle(counters: Counters, adjustments: list[tuple[Charge, int]]) -> None:

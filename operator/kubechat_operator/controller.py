@@ -23,7 +23,15 @@ import urllib3
 
 from kubechat_operator.errors import ChildrenRefused, NamespaceTerminating, OperatorError, classify
 from kubechat_operator.kube import ApiError, Kube
-from kubechat_operator.render import BOT_LABEL, OperatorDefaults, render_bot, tokenreview_binding_name
+from kubechat_operator.render import (
+    BOT_LABEL,
+    BOT_NAMESPACE_LABEL,
+    BOT_UID_LABEL,
+    OperatorDefaults,
+    bot_account,
+    render_bot,
+    tokenreview_binding_name,
+)
 from kubechat_operator.spec import Bot
 from kubechat_operator.status import SPLIT_WARNING, build_status, same_status
 from kubechat_operator.tracking import BotState
@@ -32,6 +40,21 @@ from kubechat_operator.workqueue import WorkQueue
 logger = logging.getLogger("kubechat_operator")
 
 BotKey = tuple[str, str]  # (namespace, name)
+BINDING = "ClusterRoleBinding"
+# A binding seen for a bot this process does not hold waits this long before it is looked into: at start the
+# bindings' listing can come before the bots'. Whether its bot is gone is then asked, not assumed.
+ORPHAN_GRACE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Unbind:
+    """A TokenReview binding (cluster-scoped: no owner reference, the garbage collector cannot remove it)
+    whose bot this process does not hold: deleted once that bot is known to be gone."""
+
+    name: str
+    uid: str  # the binding's own, a precondition of the delete ("" when not seen)
+    bot_uid: str  # the bot its labels name ("" when they do not)
+    gone: bool  # the bot's DELETED event was seen: nothing to ask
 
 
 @dataclass(frozen=True)
@@ -39,6 +62,7 @@ class ControllerConfig:
     defaults: OperatorDefaults = field(default_factory=OperatorDefaults)
     workers: int = 4
     resync_seconds: float = 1800.0  # every bot is applied in full this often, spread by a per-bot jitter
+    namespaces: tuple[str, ...] = ()  # the bots' namespaces watched; empty: all
     retry_base_seconds: float = 0.25
     retry_max_seconds: float = 60.0
 
@@ -52,7 +76,7 @@ class Controller:
         self.kube, self.config = kube, config
         self.queue: WorkQueue[BotKey] = WorkQueue(config.retry_base_seconds, config.retry_max_seconds)
         self.bots: dict[BotKey, BotState] = {}
-        self.unbind: dict[BotKey, str] = {}  # deleted bots whose TokenReview binding is still to delete
+        self.unbind: dict[BotKey, Unbind] = {}  # bindings of bots this process does not hold
         self._lock = threading.Lock()  # guards self.bots and every BotState: held briefly, never over I/O
         self._threads: list[threading.Thread] = []
 
@@ -63,9 +87,10 @@ class Controller:
         if event == "DELETED":
             with self._lock:
                 gone = self.bots.pop(key, None)
-                binding = gone is not None and gone.bot.spec.reviews_tokens
-                if binding:  # cluster-scoped, so no owner reference: the reconcile deletes it
-                    self.unbind[key] = tokenreview_binding_name(key[1], key[0])
+                if gone is not None and (BINDING in gone.present or gone.bot.spec.reviews_tokens):
+                    name, uid = gone.present.get(BINDING, (tokenreview_binding_name(key[1], key[0]), ""))
+                    self.unbind[key] = Unbind(name, uid, gone.bot.uid, gone=True)
+                binding = key in self.unbind
             self.queue.drop(key)
             if binding:
                 self.queue.add(key)
@@ -88,15 +113,39 @@ class Controller:
 
     def child_event(self, event: str | None, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace")), str((meta.get("labels") or {}).get(BOT_LABEL)))
-        owners = {o.get("uid") for o in meta.get("ownerReferences") or ()}
+        labels = meta.get("labels") or {}
+        # A cluster-scoped child (the TokenReview binding) names its bot's namespace and uid in labels.
+        key = (str(meta.get("namespace") or labels.get(BOT_NAMESPACE_LABEL)), str(labels.get(BOT_LABEL)))
+        owners = {o.get("uid") for o in meta.get("ownerReferences") or ()} or {labels.get(BOT_UID_LABEL)}
+        kind = str(body.get("kind"))
         with self._lock:
             state = self.bots.get(key)
             if state is None or state.bot.uid not in owners:
+                if kind == BINDING and self._watched(key[0]):
+                    self._binding_unheld(key, event, meta, labels)
                 return
-            needed = state.observe_child(str(body.get("kind")), event or "ADDED", body)
+            needed = state.observe_child(kind, event or "ADDED", body)
         if needed:
             self.queue.add(key)
+
+    def _watched(self, namespace: str) -> bool:
+        return not self.config.namespaces or namespace in self.config.namespaces
+
+    def _binding_unheld(
+        self, key: BotKey, event: str | None, meta: Mapping[str, Any], labels: Mapping[str, str]
+    ) -> None:
+        """A binding of a bot this process does not hold (yet: at start; or no more: deleted while no
+        operator ran; or an older incarnation's). Looked into after a grace; its deletion forgets it.
+        Called with the lock held."""
+        uid = str(meta.get("uid") or "")
+        known = self.unbind.get(key)
+        if event == "DELETED":
+            if known is not None and known.uid in ("", uid):
+                del self.unbind[key]
+            return
+        if known is None or not known.gone:
+            self.unbind[key] = Unbind(str(meta.get("name")), uid, str(labels.get(BOT_UID_LABEL) or ""), False)
+            self.queue.add_after(key, ORPHAN_GRACE_SECONDS)
 
     # ---- workers --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -146,15 +195,14 @@ class Controller:
         (a referenced Secret); raises ``OperatorError`` subclasses on failures worth retrying."""
         with self._lock:
             state = self.bots.get(key)
-            binding = self.unbind.get(key) if state is None else None
+            unbind = self.unbind.get(key)
+            if unbind is not None and state is not None:  # its bot is held now: its reconcile decides
+                del self.unbind[key]
+                state.present.setdefault(BINDING, (unbind.name, unbind.uid))
+                unbind = None
             bot = None if state is None or state.deleting else state.bot
-        if binding:
-            try:
-                self.kube.delete_cluster_role_binding(binding)
-            except ApiError as exc:
-                raise classify(exc.status) from None
-            with self._lock:
-                self.unbind.pop(key, None)
+        if unbind is not None:
+            self._unbind(key, unbind)
         if bot is None or state is None:
             return False
         children = render_bot(bot, self.config.defaults)
@@ -183,6 +231,8 @@ class Controller:
             if not isinstance(failure, ChildrenRefused):
                 raise failure from None
             problem = ("InvalidSpec", str(failure))
+        if problem is None:
+            self._delete_stale(bot, state, rendered)
         if full and problem is None:
             state.applied_at = now
         if kinds and problem is None:
@@ -200,6 +250,39 @@ class Controller:
             problem = self._missing_secret(bot, state)
         self._publish(bot, state, None if refused else children.config_hash, problem)
         return problem is not None and not refused
+
+    def _unbind(self, key: BotKey, entry: Unbind) -> None:
+        """Delete the binding of a bot this process does not hold, once the bot is known to be gone."""
+        try:
+            if not entry.gone:
+                alive = self.kube.bot_uid(*key)
+                if alive is not None and alive == (entry.bot_uid or alive):
+                    return  # its bot exists: its own reconcile will decide, once its event is in
+            self.kube.delete(BINDING, None, entry.name, entry.uid)
+        except ApiError as exc:
+            raise classify(exc.status) from None
+        logger.info("%s/%s: deleted the TokenReview binding %s (the bot is gone)", *key, entry.name)
+        with self._lock:
+            if self.unbind.get(key) == entry:
+                del self.unbind[key]
+
+    def _delete_stale(self, bot: Bot, state: BotState, rendered: Mapping[str, Any]) -> None:
+        """Delete the access children the spec no longer renders (access or serviceAccounts removed, or
+        the pods given an account of the user's): the binding, and the ServiceAccount made for them."""
+        with self._lock:
+            stale = state.stale(rendered)
+        for kind, (name, uid) in stale.items():
+            if kind == "ServiceAccount" and name == bot.spec.service_account_name == bot_account(bot.name):
+                continue  # the spec now names the account this operator made: it stays, used by the pods
+            try:
+                self.kube.delete(kind, bot.namespace, name, uid)
+            except ApiError as exc:
+                raise classify(exc.status) from None
+            with self._lock:
+                state.forget_child(kind)
+            logger.info(
+                "%s/%s: deleted %s %s (the spec no longer needs it)", bot.namespace, bot.name, kind, name
+            )
 
     def _missing_secret(self, bot: Bot, state: BotState) -> tuple[str, str] | None:
         """A referenced Secret that does not exist. Asked once per set of references: once all were

@@ -44,6 +44,8 @@ def startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> No
     settings.watching.label_selectors["apps", "v1", "deployments"] = selector
     settings.watching.label_selectors["v1", "services"] = selector
     settings.watching.label_selectors["v1", "configmaps"] = selector
+    settings.watching.label_selectors["v1", "serviceaccounts"] = selector
+    settings.watching.label_selectors["rbac.authorization.k8s.io", "clusterrolebindings"] = selector
     controller = Controller(Kube(_api_client(memo.config.workers + 4)), memo.config)
     controller.start()
     memo.controller = controller
@@ -64,9 +66,17 @@ async def bot_seen(event: kopf.RawEvent, memo: OperatorMemo, **_: Any) -> None:
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
 @kopf.on.event("v1", "services", labels=MANAGED)
 @kopf.on.event("v1", "configmaps", labels=MANAGED)
+@kopf.on.event("v1", "serviceaccounts", labels=MANAGED)
 async def child_seen(event: kopf.RawEvent, memo: OperatorMemo, **_: Any) -> None:
     """A child changed (the Deployment's progress included) or deleted: its bot is looked at again."""
     _controller(memo).child_event(event["type"], event["object"])
+
+
+def watch_bindings() -> None:
+    """Also watch the bots' TokenReview bindings (cluster-scoped, so watched cluster-wide even when the
+    operator serves some namespaces): drift is repaired, and one whose bot is gone is found at start.
+    Only with the Helm chart's ``rbac.tokenReview`` grant (list and watch on clusterrolebindings)."""
+    kopf.on.event("rbac.authorization.k8s.io", "v1", "clusterrolebindings", labels=MANAGED)(child_seen)
 
 
 def _controller(memo: OperatorMemo) -> Controller:

@@ -100,17 +100,38 @@ class Kube:
             raise
         return True
 
-    def delete_cluster_role_binding(self, name: str) -> None:
-        """Delete a ClusterRoleBinding; gone already is fine."""
+    def delete(self, kind: str, namespace: str | None, name: str, uid: str | None) -> None:
+        """Delete a child by kind and name, only if it is still the object ``uid`` names (a precondition:
+        one of the same name made since is left alone); gone already is fine."""
+        api_version = next(v for v, k in _PATHS if k == kind)
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
         try:
             self._call(
                 "DELETE",
-                f"/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/{name}",
-                headers={"Accept": _JSON},
+                _PATHS[(api_version, kind)].format(ns=namespace, name=name),
+                body=body,
+                headers={"Content-Type": _JSON, "Accept": _JSON},
             )
         except ApiError as exc:
-            if exc.status.code != 404:
+            if exc.status.code not in (404, 409):  # 409: the precondition failed, it is another object
                 raise
+
+    def bot_uid(self, namespace: str, name: str) -> str | None:
+        """The uid of a ChatBot, None if there is none (metadata only, from the watch cache)."""
+        try:
+            meta = self._call(
+                "GET",
+                f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{name}",
+                query=[("resourceVersion", "0")],
+                headers={"Accept": _METADATA_ONLY},
+            ).get("metadata")
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return None
+            raise
+        return str((meta or {}).get("uid") or "") or None
 
     def patch_bot_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         self._call(

@@ -53,6 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="apply every bot in full this often, whatever the watches said (0: never)",
     )
     parser.add_argument(
+        "--watch-bindings",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("KUBECHAT_WATCH_BINDINGS", "true").lower() != "false",
+        help="watch the bots' TokenReview ClusterRoleBindings (needs list and watch on them: the chart's "
+        "rbac.tokenReview); without it a binding changed by hand waits for the resync, and one left by a bot "
+        "deleted while no operator ran stays",
+    )
+    parser.add_argument(
         "--log-level",
         default=os.environ.get("KUBECHAT_LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
@@ -64,11 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import kopf
 
-    import kubechat_operator.handlers  # noqa: F401  (registers the handlers)
+    from kubechat_operator import handlers  # registers the handlers
     from kubechat_operator.controller import ControllerConfig
     from kubechat_operator.memo import OperatorMemo
     from kubechat_operator.render import OperatorDefaults
 
+    if args.watch_bindings:
+        handlers.watch_bindings()
     defaults = OperatorDefaults()
     memo = OperatorMemo(
         ControllerConfig(
@@ -78,6 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             workers=args.workers,
             resync_seconds=args.resync_seconds,
+            namespaces=tuple(args.namespace),
         )
     )
 

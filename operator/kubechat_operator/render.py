@@ -25,6 +25,11 @@ TOKENREVIEW_ROLE = "kubechat-tokenreview"
 HASH_ANNOTATION = "kubechat.dev/config-hash"
 REFRESH_ANNOTATION = "kubechat.dev/refresh-requested-at"
 BOT_LABEL = "kubechat.dev/bot"
+# A cluster-scoped child (the TokenReview binding) can have no owner reference: these labels name its bot,
+# so the operator can tell whose it is, delete it with the bot, and find one a bot deleted while no
+# operator ran left behind.
+BOT_NAMESPACE_LABEL = "kubechat.dev/bot-namespace"
+BOT_UID_LABEL = "kubechat.dev/bot-uid"
 
 # Measured: ~107 MiB RSS idle, ~175 MiB with the session store full (its budget from the 256Mi limit).
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
@@ -256,7 +261,10 @@ def render_bot(bot: Bot, defaults: OperatorDefaults) -> Children:
     }
     account = spec.service_account_name or (bot_account(name) if spec.reviews_tokens else None)
     if account:
-        pod_spec["serviceAccountName"] = account
+        # And the deprecated alias, so this field manager owns it too: the API server keeps it equal to
+        # serviceAccountName, and an alias nobody owns would survive the account's removal from this
+        # rendering and be copied back into serviceAccountName.
+        pod_spec["serviceAccountName"] = pod_spec["serviceAccount"] = account
     if (
         spec.api_keys_secret
     ):  # its own volume: a client's entry name is a file name, and must not meet the settings
@@ -312,8 +320,8 @@ def _access_children(
     bot: str, namespace: str, uid: str, spec: BotSpec, account: str
 ) -> tuple[dict[str, Any], ...]:
     """The pods' ServiceAccount (unless the spec names its own) and a ClusterRoleBinding giving it
-    exactly the right to create TokenReviews (cluster-scoped, so it carries no owner reference: the
-    operator deletes it with the bot)."""
+    exactly the right to create TokenReviews (cluster-scoped, so it carries no owner reference but labels
+    naming its bot: the operator deletes it with the bot, or when the bot stops needing it)."""
     children: list[dict[str, Any]] = []
     if not spec.service_account_name:
         children.append(
@@ -328,7 +336,10 @@ def _access_children(
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "ClusterRoleBinding",
-            "metadata": {"name": tokenreview_binding_name(bot, namespace), "labels": labels(bot)},
+            "metadata": {
+                "name": tokenreview_binding_name(bot, namespace),
+                "labels": {**labels(bot), BOT_NAMESPACE_LABEL: namespace, BOT_UID_LABEL: uid},
+            },
             "roleRef": {
                 "apiGroup": "rbac.authorization.k8s.io",
                 "kind": "ClusterRole",

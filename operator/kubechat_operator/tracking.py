@@ -19,6 +19,9 @@ from kubechat_operator.spec import Bot
 # The order children are applied in: the pods' ServiceAccount and its TokenReview binding (spec.access)
 # and the settings before the pods that use them.
 KINDS = ("ServiceAccount", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service")
+# Children only some specs have (spec.access.serviceAccounts): one that exists while the spec no longer
+# renders it is deleted by the reconcile, so the operator must know it exists even if it did not write it.
+ACCESS_KINDS = ("ServiceAccount", "ClusterRoleBinding")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,17 @@ class BotState:
     seen_in_flight: Mark | None = None  # the newest version of it seen meanwhile
     warned_split: bool = False
     applied_at: float = 0.0  # monotonic time of the last full apply (periodic resync)
+    present: dict[str, tuple[str, str]] = field(default_factory=dict)  # ACCESS_KINDS live: (name, uid)
+
+    def stale(self, children: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+        """The access children that exist but that the spec no longer renders: to delete."""
+        return {kind: live for kind, live in self.present.items() if kind not in children}
+
+    def forget_child(self, kind: str) -> None:
+        """A child deleted by this process."""
+        self.present.pop(kind, None)
+        self.applied.pop(kind, None)
+        self.drifted.discard(kind)
 
     def remember_deployment(self, obj: Mapping[str, Any]) -> bool:
         """Keep the newer of the known and this Deployment; True if what status reads changed."""
@@ -101,6 +115,16 @@ class BotState:
         """A watch event of one of the bot's children; True if the bot needs a reconcile."""
         seen = Mark.of(obj)
         mine = self.applied.get(kind)
+        if kind in ACCESS_KINDS:
+            if event == "DELETED":
+                if self.present.get(kind, ("", ""))[1] == seen.uid:
+                    self.present.pop(kind)
+                if mine is None:  # nothing this process wrote was lost
+                    return False
+            else:
+                self.present[kind] = (str((obj.get("metadata") or {}).get("name")), seen.uid)
+                if mine is None and kind != self.in_flight:  # not ours: perhaps one the spec no longer wants
+                    return True
         if event == "DELETED":
             if mine is None or mine.mark.uid == seen.uid:  # an older incarnation's deletion means nothing
                 self.drifted.add(kind)
@@ -144,6 +168,8 @@ class BotState:
             return False
         mark = Mark.of(live)
         self.applied[kind] = Applied(fingerprint(sent), mark)
+        if kind in ACCESS_KINDS:
+            self.present[kind] = (str(sent["metadata"]["name"]), mark.uid)
         self.drifted.discard(kind)
         if kind == "Deployment":
             self.remember_deployment(live)

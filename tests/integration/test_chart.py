@@ -93,7 +93,7 @@ OBJECT_GRANTS = {
     ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},
     ("apps", "deployments"): {"get", "list", "watch", "create", "patch"},
-    ("", "serviceaccounts"): {"get", "create", "patch"},
+    ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "events"): {"create"},
     ("", "secrets"): {"get"},
 }
@@ -213,12 +213,21 @@ def test_bots_pods_may_get_exactly_token_review_and_the_operator_may_bind_only_t
     }
     binder = named(docs, "ClusterRole", "kc-kubechat-tokenreview-binder")
     assert rules_by_resource(binder) == {
-        ("rbac.authorization.k8s.io", "clusterrolebindings"): {"get", "create", "patch", "delete"},
+        ("rbac.authorization.k8s.io", "clusterrolebindings"): {
+            "get",
+            "list",
+            "watch",
+            "create",
+            "patch",
+            "delete",
+        },
         ("rbac.authorization.k8s.io", "clusterroles"): {"bind"},
     }
     assert [r.get("resourceNames") for r in binder["rules"]] == [None, ["kubechat-tokenreview"]]
+    assert "--no-watch-bindings" not in container_args(docs)
     without = render(helm, "kc", "kubechat-system", "rbac.tokenReview=false")
     assert [d["metadata"]["name"] for d in only(without, "ClusterRole")] == ["kc-kubechat"]
+    assert "--no-watch-bindings" in container_args(without)  # it could not list them
 
 
 def test_namespaced_with_peering_grants_only_in_the_watched_namespaces(helm: Callable[..., str]) -> None:

@@ -133,3 +133,28 @@ def test_shared_counters_are_settled_to_the_real_usage(
         assert anonymous["windows"]["day"]["tokens"] == TURN
 
     eventually(settled, timeout=10, what="the reservation settled to the real usage")
+
+
+def test_a_settlement_reaches_the_other_replica_without_another_request(
+    start_bots: Callable[..., list[Bot]], upstream: FakeOpenAI
+) -> None:
+    """A settlement rides on the process's next reservation; with none coming it is sent on its own
+    within SETTLE_DELAY, so the other replica (which has nothing of it to apply) sees the real usage."""
+    first, second = start_bots(2, {"perIdentity": {"tokens": {"day": 100 * TURN}}})
+    body = {"model": "any", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 500}
+    assert httpx2.post(first.url + "/v1/chat/completions", json=body, timeout=30).status_code == 200
+
+    def settled() -> None:
+        (anonymous,) = httpx2.get(second.url + "/v1/usage").json()["identities"]
+        assert anonymous["windows"]["day"]["tokens"] == TURN
+
+    eventually(settled, timeout=10, what="the first replica's settlement seen by the second")
+    # and one carried by the next reservation: two turns, each settled, whichever replica reads
+    assert httpx2.post(first.url + "/v1/chat/completions", json=body, timeout=30).status_code == 200
+    assert httpx2.post(first.url + "/v1/chat/completions", json=body, timeout=30).status_code == 200
+    eventually(lambda: _day_tokens(second, 3 * TURN), timeout=10, what="three turns settled")
+
+
+def _day_tokens(bot: Bot, expected: int) -> None:
+    (anonymous,) = httpx2.get(bot.url + "/v1/usage").json()["identities"]
+    assert anonymous["windows"]["day"]["tokens"] == expected

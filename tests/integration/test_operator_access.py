@@ -92,3 +92,112 @@ def test_the_api_server_refuses_bad_access_and_limits(bots: Bots, spec: dict[str
         bots.create(bot_manifest("bad", **spec))
     assert refused.value.status == 422
     assert message in json.loads(refused.value.body or "{}")["message"]
+
+
+def _gone(read: Any) -> None:
+    status = 200
+    try:
+        read()
+    except ApiException as err:
+        status = err.status
+    assert status == 404, "still there"
+
+
+def _with_service_accounts(bots: Bots, name: str) -> tuple[dict[str, Any], Any]:
+    """A Ready bot whose callers may be service accounts, and the RBAC API; the OpenAI Secret exists."""
+    bots.secret(f"{name}-keys", "team-a", "kc-team-a-5b0e1d7c9f2a4e68")
+    access = {
+        "apiKeys": {"secretRef": {"name": f"{name}-keys"}},
+        "serviceAccounts": {"namespaces": [bots.ns]},
+    }
+    bots.create(bot_manifest(name, access=access))
+    bot = bots.ready(name, 1)
+    rbac = client.RbacAuthorizationV1Api(bots.core.api_client)
+    binding = rbac.read_cluster_role_binding(f"kubechat-tokenreview:{bots.ns}:{name}")
+    labels = binding.metadata.labels
+    assert (labels["kubechat.dev/bot-namespace"], labels["kubechat.dev/bot-uid"]) == (
+        bots.ns,
+        bot["metadata"]["uid"],
+    )
+    return bot, rbac
+
+
+def test_dropping_service_accounts_deletes_the_binding_and_the_account(bots: Bots) -> None:
+    bots.secret()
+    _, rbac = _with_service_accounts(bots, "helpdesk")
+    binding = f"kubechat-tokenreview:{bots.ns}:helpdesk"
+    bots.patch("helpdesk", {"spec": {"access": {"serviceAccounts": None}}})  # API keys only now
+    eventually(lambda: _gone(lambda: rbac.read_cluster_role_binding(binding)), timeout=30, what="unbound")
+    eventually(
+        lambda: _gone(lambda: bots.core.read_namespaced_service_account("helpdesk-chatbot", bots.ns)),
+        timeout=30,
+        what="the bot's ServiceAccount deleted",
+    )
+    pod = bots.deployment("helpdesk").spec.template.spec
+    assert pod.service_account_name in (None, "default") and not pod.automount_service_account_token
+
+    bots.patch("helpdesk", {"spec": {"access": {"serviceAccounts": {"namespaces": [bots.ns]}}}})  # and back
+    eventually(lambda: rbac.read_cluster_role_binding(binding), timeout=30, what="bound again")
+    bots.patch("helpdesk", {"spec": {"access": None}})  # no access at all
+    eventually(
+        lambda: _gone(lambda: rbac.read_cluster_role_binding(binding)), timeout=30, what="unbound again"
+    )
+
+
+def test_a_binding_or_account_changed_by_hand_is_put_back(bots: Bots) -> None:
+    bots.secret()
+    _, rbac = _with_service_accounts(bots, "helpdesk")
+    name = f"kubechat-tokenreview:{bots.ns}:helpdesk"
+    subjects = [{"kind": "ServiceAccount", "name": "helpdesk-chatbot", "namespace": bots.ns}]
+    rbac.patch_cluster_role_binding(
+        name, [{"op": "replace", "path": "/subjects/0/name", "value": "intruder"}]
+    )
+
+    def restored() -> None:
+        live = rbac.read_cluster_role_binding(name)
+        assert [{"kind": s.kind, "name": s.name, "namespace": s.namespace} for s in live.subjects] == subjects
+
+    eventually(restored, timeout=30, what="the binding's subjects put back")
+    rbac.delete_cluster_role_binding(name)
+    eventually(restored, timeout=30, what="the deleted binding put back")
+    bots.core.delete_namespaced_service_account("helpdesk-chatbot", bots.ns)
+    eventually(
+        lambda: bots.core.read_namespaced_service_account("helpdesk-chatbot", bots.ns),
+        timeout=30,
+        what="the deleted ServiceAccount put back",
+    )
+
+
+def test_a_binding_left_by_a_bot_deleted_while_no_operator_ran_is_removed_at_start(
+    bots: Bots, operator: Operator
+) -> None:
+    bots.secret()
+    _, rbac = _with_service_accounts(bots, "gone")
+    _with_service_accounts(bots, "kept")
+    operator.stop()
+    try:
+        bots.custom.delete_namespaced_custom_object("kubechat.dev", "v1alpha1", bots.ns, "chatbots", "gone")
+        # labelled for a bot that never existed (and without the bot's uid): gone as well
+        stray = client.V1ClusterRoleBinding(
+            metadata=client.V1ObjectMeta(
+                name=f"kubechat-tokenreview:{bots.ns}:never",
+                labels={
+                    "app.kubernetes.io/managed-by": "kubechat-operator",
+                    "kubechat.dev/bot": "never",
+                    "kubechat.dev/bot-namespace": bots.ns,
+                },
+            ),
+            role_ref=client.V1RoleRef(api_group="rbac.authorization.k8s.io", kind="ClusterRole", name="view"),
+            subjects=[client.RbacV1Subject(kind="ServiceAccount", name="x", namespace=bots.ns)],
+        )
+        rbac.create_cluster_role_binding(stray)
+    finally:
+        operator.start()
+    for bot in ("gone", "never"):
+        name = f"kubechat-tokenreview:{bots.ns}:{bot}"
+
+        def removed(name: str = name) -> None:
+            _gone(lambda: rbac.read_cluster_role_binding(name))
+
+        eventually(removed, timeout=45, what=f"the binding of {bot} removed")
+    rbac.read_cluster_role_binding(f"kubechat-tokenreview:{bots.ns}:kept")  # its bot exists: kept

@@ -78,3 +78,33 @@ def test_only_a_newer_deployment_status_counts() -> None:
     older["metadata"]["resourceVersion"] = "15"
     assert not state.observe_child("Deployment", "MODIFIED", older)
     assert state.deployment is not None and state.deployment["status"] == {"readyReplicas": 1}
+
+
+GUARDED = Bot(
+    "b", "n", "u", 1, parse({"systemPrompt": "p", "access": {"serviceAccounts": {"namespaces": ["n"]}}})
+)
+
+
+def test_access_children_the_spec_no_longer_renders_are_stale_whoever_wrote_them() -> None:
+    state = BotState(GUARDED)
+    for kind, child in children(GUARDED).items():
+        state.start_apply(kind)
+        state.record_apply(kind, child, live(kind, uid=f"{kind}-1"))
+    assert state.stale(children(GUARDED)) == {}
+    assert state.stale(children()) == {
+        "ServiceAccount": ("b-chatbot", "ServiceAccount-1"),
+        "ClusterRoleBinding": ("kubechat-tokenreview:n:b", "ClusterRoleBinding-1"),
+    }
+    state.forget_child("ServiceAccount")
+    assert list(state.stale(children())) == ["ClusterRoleBinding"] and "ServiceAccount" not in state.applied
+
+    # after a restart nothing was applied by this process: one seen in the watch is stale all the same
+    fresh = BotState(BOT)
+    binding = {
+        **live("ClusterRoleBinding", uid="old"),
+        "metadata": {"name": "kubechat-tokenreview:n:b", "uid": "old"},
+    }
+    assert fresh.observe_child("ClusterRoleBinding", "ADDED", binding)  # asks for a reconcile
+    assert fresh.stale(children()) == {"ClusterRoleBinding": ("kubechat-tokenreview:n:b", "old")}
+    assert not fresh.observe_child("ClusterRoleBinding", "DELETED", binding)  # gone: nothing of ours lost
+    assert fresh.stale(children()) == {}

@@ -60,10 +60,11 @@ explained in docs/install.md). `scope` is "cluster" or "namespace": peering obje
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch]
-# A bot's own ServiceAccount, rendered when its spec.access names serviceAccounts (see tokenreview.yaml).
+# A bot's own ServiceAccount, rendered when its spec.access names serviceAccounts (see tokenreview.yaml):
+# watched like the other children, and deleted when the spec no longer needs it.
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 # Events on the bots (Applied, Restored, SecretNotFound, ...): Kopf 1.45 posts them to the core v1 API.
 - apiGroups: [""]
   resources: [events]
