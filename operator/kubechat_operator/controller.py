@@ -332,6 +332,15 @@ class Controller:
                 "could not post the %s event on %s/%s: %s", reason, bot["namespace"], bot["name"], exc
             )
 
+    def usage_targets(self) -> dict[BotKey, tuple[str, dict[str, Any]]]:
+        """The bots whose usage the collector keeps: key -> (uid, ``status.usage`` as last seen)."""
+        with self._lock:
+            return {
+                key: (state.bot.uid, dict(state.seen_status.get("usage") or {}))
+                for key, state in self.bots.items()
+                if not state.deleting
+            }
+
     def sizes(self) -> dict[str, int]:
         """How much per-bot state is held (tests check it returns to zero once the bots are gone)."""
         with self._lock:

@@ -46,13 +46,21 @@ def startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> No
     settings.watching.label_selectors["v1", "configmaps"] = selector
     settings.watching.label_selectors["v1", "serviceaccounts"] = selector
     settings.watching.label_selectors["rbac.authorization.k8s.io", "clusterrolebindings"] = selector
-    controller = Controller(Kube(_api_client(memo.config.workers + 4)), memo.config)
+    kube = Kube(_api_client(memo.config.workers + 4))
+    controller = Controller(kube, memo.config)
     controller.start()
     memo.controller = controller
+    if memo.usage_interval > 0:
+        from kubechat_operator.collector import UsageCollector
+
+        memo.collector = UsageCollector(kube, controller, memo.usage_interval, memo.config.namespaces)
+        memo.collector.start()
 
 
 @kopf.on.cleanup()
 def cleanup(memo: OperatorMemo, **_: Any) -> None:
+    if memo.collector is not None:
+        memo.collector.stop()
     if memo.controller is not None:
         memo.controller.stop()
 

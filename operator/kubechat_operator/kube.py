@@ -100,6 +100,18 @@ class Kube:
             raise
         return True
 
+    def list_pods(self, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+        """Pods matching a label selector, in one namespace or all (None), from the API server's watch
+        cache (``resourceVersion=0``: no etcd read)."""
+        path = "/api/v1/pods" if namespace is None else f"/api/v1/namespaces/{namespace}/pods"
+        data = self._call(
+            "GET",
+            path,
+            query=[("labelSelector", selector), ("resourceVersion", "0")],
+            headers={"Accept": _JSON},
+        )
+        return list(data.get("items") or ())
+
     def delete(self, kind: str, namespace: str | None, name: str, uid: str | None) -> None:
         """Delete a child by kind and name, only if it is still the object ``uid`` names (a precondition:
         one of the same name made since is left alone); gone already is fine."""

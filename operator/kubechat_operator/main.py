@@ -61,6 +61,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "deleted while no operator ran stays",
     )
     parser.add_argument(
+        "--usage-interval",
+        type=float,
+        default=float(os.environ.get("KUBECHAT_USAGE_INTERVAL", "0")),
+        help="read every bot's pods' /metrics this often (seconds) and keep the totals in status.usage; "
+        "the operator must reach the pods' IPs (0, the default: off)",
+    )
+    parser.add_argument(
         "--log-level",
         default=os.environ.get("KUBECHAT_LOG_LEVEL", "info"),
         choices=["debug", "info", "warning", "error"],
@@ -69,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.usage_interval < 0 or 0 < args.usage_interval < 5:
+        parser.error("--usage-interval must be 0 (off) or at least 5 seconds")
 
     import kopf
 
@@ -89,7 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
             resync_seconds=args.resync_seconds,
             namespaces=tuple(args.namespace),
-        )
+        ),
+        usage_interval=args.usage_interval,
     )
 
     kopf.configure(verbose=args.log_level == "debug", quiet=args.log_level in ("warning", "error"))

@@ -8,14 +8,20 @@ watched object, so its fields are references to the one shared configuration and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from kubechat_operator.controller import Controller, ControllerConfig
+
+if TYPE_CHECKING:
+    from kubechat_operator.collector import UsageCollector
 
 
 @dataclass
 class OperatorMemo:
     config: ControllerConfig = field(default_factory=ControllerConfig)
+    usage_interval: float = 0.0  # seconds between usage collections; 0: off
     controller: Controller | None = None  # made at startup, once the API client is configured
+    collector: UsageCollector | None = None
 
     def running(self) -> Controller:
         if self.controller is None:

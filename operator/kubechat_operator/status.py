@@ -171,11 +171,11 @@ def build_status(
 
 
 def same_status(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Equal but for timestamps: no write is needed."""
+    """Equal but for timestamps and ``usage`` (the collector's part of the status): no write is needed."""
 
     def strip(s: dict[str, Any]) -> dict[str, Any]:
         return {
-            **s,
+            **{k: v for k, v in s.items() if k != "usage"},
             "conditions": [
                 {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in s.get("conditions") or ()
             ],

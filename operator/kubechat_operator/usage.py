@@ -77,6 +77,28 @@ def counts_from_samples(samples: Iterable[tuple[str, Mapping[str, str], float]])
     return started, Counts(int(requests), int(errors), int(tokens_in), int(tokens_out), round(cost * NANO))
 
 
+_WANTED = (
+    "gen_ai_server_request_duration_seconds_count",
+    "kubechat_identity_tokens_total",
+    "kubechat_identity_cost_usd_total",
+    "process_start_time_seconds",
+)
+
+
+def counts_from_text(text: str) -> tuple[float, Counts]:
+    """``counts_from_samples`` of a ``/metrics`` page in the Prometheus text format. Only the few series
+    the status needs are parsed (a page is mostly histogram buckets); a malformed page raises ValueError."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    lines = "".join(line + "\n" for line in text.splitlines() if line.startswith(_WANTED))
+    samples = (
+        (sample.name, sample.labels, float(sample.value))
+        for family in text_string_to_metric_families(lines)
+        for sample in family.samples
+    )
+    return counts_from_samples(samples)
+
+
 def _buckets(raw: Any) -> dict[int, Counts]:
     return {int(entry[0]): Counts.of(entry[1:]) for entry in raw or () if len(entry) == 1 + len(FIELDS)}
 
@@ -96,7 +118,7 @@ def summary(counts: Counts) -> dict[str, Any]:
         "inputTokens": counts.input_tokens,
         "outputTokens": counts.output_tokens,
         "tokens": counts.input_tokens + counts.output_tokens,
-        "cost": f"{counts.cost_nano / NANO:.4f}",
+        "cost": f"{counts.cost_nano / NANO:.6f}",  # micro-dollars: a small bot costs fractions of a cent
     }
 
 
@@ -120,11 +142,13 @@ def fold(
             if growth is None:  # counters went down without a new start time: count from zero again
                 growth = reading.counts
         assert growth is not None
+        pods[reading.pod_uid] = [reading.started, *reading.counts.as_list()]
+        if growth == Counts():  # nothing new: no bucket, so an idle bot's usage does not change
+            continue
         total += growth
         slot_short, slot_long = int(now // SHORT_BUCKET) * SHORT_BUCKET, int(now // LONG_BUCKET) * LONG_BUCKET
         short[slot_short] = short.get(slot_short, Counts()) + growth
         long[slot_long] = long.get(slot_long, Counts()) + growth
-        pods[reading.pod_uid] = [reading.started, *reading.counts.as_list()]
     short = {t: c for t, c in short.items() if t > now - LONG_BUCKET}
     long = {t: c for t, c in long.items() if t > now - 24 * LONG_BUCKET}
     return {
@@ -137,3 +161,54 @@ def fold(
         "short": [[t, *c.as_list()] for t, c in sorted(short.items())],
         "long": [[t, *c.as_list()] for t, c in sorted(long.items())],
     }
+
+
+def merge_patch(previous: Mapping[str, Any] | None, usage: Mapping[str, Any]) -> dict[str, Any]:
+    """``usage`` as a JSON merge patch over ``previous``: maps merge, so a gone pod's entry is removed by
+    naming it with null (lists and scalars are replaced whole)."""
+    gone = set((previous or {}).get("pods") or {}) - set(usage.get("pods") or {})
+    return {**usage, "pods": {**(usage.get("pods") or {}), **dict.fromkeys(sorted(gone))}}
+
+
+@dataclass(frozen=True)
+class PodTarget:
+    """A bot's pod as the operator sees it in a pod list: alive (counted as existing) and, when ready with
+    an address, readable at ``url``."""
+
+    uid: str
+    url: str | None
+
+
+def bot_pods(
+    pods: Iterable[Mapping[str, Any]], bot_label: str, path: str = "/metrics"
+) -> dict[tuple[str, str], list[PodTarget]]:
+    """The pods of a pod list grouped by bot (namespace, ``bot_label``'s value). A pod that has
+    terminated or is being deleted is not alive; one that is not Ready, has no IP or no port named
+    ``http`` is alive but not read."""
+    found: dict[tuple[str, str], list[PodTarget]] = {}
+    for pod in pods:
+        meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
+        bot = (meta.get("labels") or {}).get(bot_label)
+        if not bot or not meta.get("uid") or meta.get("deletionTimestamp"):
+            continue
+        if status.get("phase") in ("Succeeded", "Failed"):
+            continue
+        ready = any(
+            c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ()
+        )
+        port = next(
+            (
+                p.get("containerPort")
+                for c in spec.get("containers") or ()
+                for p in c.get("ports") or ()
+                if p.get("name") == "http"
+            ),
+            None,
+        )
+        ip = status.get("podIP")
+        url = None
+        if ready and ip and port:
+            host = f"[{ip}]" if ":" in ip else ip
+            url = f"http://{host}:{int(port)}{path}"
+        found.setdefault((str(meta.get("namespace")), str(bot)), []).append(PodTarget(str(meta["uid"]), url))
+    return found

@@ -96,6 +96,7 @@ OBJECT_GRANTS = {
     ("", "serviceaccounts"): {"get", "list", "watch", "create", "patch", "delete"},
     ("", "events"): {"create"},
     ("", "secrets"): {"get"},
+    ("", "pods"): {"list"},  # with usage.interval (default): the bots' pods' /metrics into status.usage
 }
 CRDS_GRANT = {("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"}}
 
@@ -181,6 +182,7 @@ def test_defaults_render_a_cluster_wide_restricted_operator(helm: Callable[..., 
         "--bot-image-pull-policy=IfNotPresent",
         "--log-level=info",
         "--liveness=http://0.0.0.0:8081/healthz",
+        "--usage-interval=60",
     ]
     (deployment,) = only(docs, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
@@ -270,6 +272,7 @@ def test_values_reach_the_pods(helm: Callable[..., str]) -> None:
         "nodeSelector.kubernetes\\.io/os=linux",
         "tolerations[0].key=dedicated,tolerations[0].operator=Exists",
         "resources.limits.memory=512Mi",
+        "usage.interval=0",
     )
     (deployment,) = only(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 2
@@ -290,8 +293,9 @@ def test_values_reach_the_pods(helm: Callable[..., str]) -> None:
     assert account["metadata"]["annotations"] == {
         "azure.workload.identity/client-id": "00000000-0000-0000-0000-000000000000"
     }
+    assert not any(a.startswith("--usage-interval") for a in args)
     grants = rules_by_resource(named(docs, "ClusterRole", "bots-kubechat"))
-    assert ("", "secrets") not in grants
+    assert ("", "secrets") not in grants and ("", "pods") not in grants
     assert grants[("kopf.dev", "clusterkopfpeerings")] == {"get", "list", "watch", "patch"}
     (peering,) = only(docs, "ClusterKopfPeering")
     assert peering["metadata"]["name"] == "one-at-a-time"
@@ -370,9 +374,10 @@ class ChartOperator:
         self.kubeconfig = service_account_kubeconfig(
             cluster, meta["namespace"], meta["name"], workdir / "sa-kubeconfig"
         )
-        # The Deployment's own args; only the liveness port moves off 8081 so parallel runs cannot clash.
+        # The Deployment's own args; only the liveness port moves off 8081 so parallel runs cannot clash,
+        # and no usage collection: kwok's pods have made-up IPs that must never be contacted.
         self.health = f"http://127.0.0.1:{free_ports(1)[0]}/healthz"
-        args = [a for a in container_args(docs) if not a.startswith("--liveness=")]
+        args = [a for a in container_args(docs) if not a.startswith(("--liveness=", "--usage-interval="))]
         self.process = Operator(
             ClusterInfo(self.kubeconfig, cluster.server),
             workdir / "operator.log",

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubechat_operator.usage import Counts, Reading, counts_from_samples, fold
+import pytest
+from kubechat_operator.render import BOT_LABEL
+from kubechat_operator.usage import (
+    Counts,
+    PodTarget,
+    Reading,
+    bot_pods,
+    counts_from_samples,
+    counts_from_text,
+    fold,
+    merge_patch,
+)
 
 HOUR = 3600.0
 T0 = 1_800_000_000.0  # a fixed instant; only differences matter
@@ -41,7 +52,7 @@ def test_windows_forget_what_is_older_than_they_are() -> None:
     assert usage["total"]["requests"] == 5 and usage["total"]["tokens"] == 22
     assert usage["lastHour"]["requests"] == 1 and usage["lastHour"]["tokens"] == 2
     assert usage["last24Hours"]["requests"] == 5
-    assert usage["total"]["cost"] == "0.0025"
+    assert usage["total"]["cost"] == "0.002500"
     usage = fold(usage, [read("a", 1.0, 5, tokens=11, cost_nano=2_500_000)], ["a"], T0 + 30 * HOUR)
     assert usage["last24Hours"]["requests"] == 0 and usage["total"]["requests"] == 5
     assert len(usage["long"]) <= 24 and len(usage["short"]) <= 12
@@ -60,3 +71,73 @@ def test_counts_from_the_bots_own_metric_names() -> None:
     started, counts = counts_from_samples(samples)
     assert started == 1234.5
     assert counts == Counts(requests=9, errors=2, input_tokens=150, output_tokens=30, cost_nano=12_500_000)
+
+
+def test_an_idle_bot_s_usage_does_not_change() -> None:
+    usage = fold(None, [read("a", 1.0, 5)], ["a"], T0)
+    assert fold(usage, [read("a", 1.0, 5)], ["a"], T0 + 600) == usage  # no write for the collector
+
+
+def test_the_merge_patch_removes_gone_pods() -> None:
+    before = fold(None, [read("a", 1.0, 5), read("b", 1.0, 1)], ["a", "b"], T0)
+    after = fold(before, [read("a", 1.0, 6)], ["a"], T0 + 60)
+    patch = merge_patch(before, after)
+    assert patch["pods"] == {"a": [1.0, 6, 0, 0, 0, 0], "b": None}
+    assert patch["total"] == after["total"]
+
+
+def test_counts_from_a_metrics_page_read_only_what_the_status_needs() -> None:
+    page = "\n".join(
+        [
+            "# HELP gen_ai_server_request_duration_seconds Duration.",
+            "# TYPE gen_ai_server_request_duration_seconds histogram",
+            'gen_ai_server_request_duration_seconds_bucket{error_type="",le="0.01"} 3.0',
+            'gen_ai_server_request_duration_seconds_count{error_type="",gen_ai_operation_name="chat"} 3.0',
+            'gen_ai_server_request_duration_seconds_count{error_type="timeout"} 1.0',
+            'kubechat_identity_tokens_total{gen_ai_token_type="input",identity="anonymous"} 40.0',
+            'kubechat_identity_tokens_created{gen_ai_token_type="input",identity="anonymous"} 1.7e9',
+            'kubechat_identity_tokens_total{gen_ai_token_type="output",identity="anonymous"} 12.0',
+            'kubechat_identity_cost_usd_total{identity="anonymous"} 1.5e-05',
+            "process_start_time_seconds 1.7648e+09",
+        ]
+    )
+    started, counts = counts_from_text(page)
+    assert started == 1.7648e9
+    assert counts == Counts(requests=4, errors=1, input_tokens=40, output_tokens=12, cost_nano=15_000)
+    with pytest.raises(ValueError, match="could not convert"):
+        counts_from_text('kubechat_identity_cost_usd_total{identity="x" 1')
+
+
+def _pod(
+    uid: str, bot: str | None = "b", ready: bool = True, ip: str | None = "10.1.2.3", **extra: Any
+) -> Any:
+    labels = {BOT_LABEL: bot} if bot else {}
+    return {
+        "metadata": {"uid": uid, "namespace": "ns", "labels": labels, **extra.get("meta", {})},
+        "spec": {"containers": [{"ports": [{"name": "http", "containerPort": 8080}]}]},
+        "status": {
+            "phase": extra.get("phase", "Running"),
+            "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def test_bot_pods_are_alive_and_read_only_when_ready_with_an_address() -> None:
+    pods = [
+        _pod("ready"),
+        _pod("starting", ready=False),
+        _pod("no-ip", ip=None),
+        _pod("v6", ip="fd00::5"),
+        _pod("done", phase="Succeeded"),
+        _pod("deleting", meta={"deletionTimestamp": "2026-01-01T00:00:00Z"}),
+        _pod("stray", bot=None),
+    ]
+    found = bot_pods(pods, BOT_LABEL)
+    assert list(found) == [("ns", "b")]
+    assert found["ns", "b"] == [
+        PodTarget("ready", "http://10.1.2.3:8080/metrics"),
+        PodTarget("starting", None),
+        PodTarget("no-ip", None),
+        PodTarget("v6", "http://[fd00::5]:8080/metrics"),
+    ]

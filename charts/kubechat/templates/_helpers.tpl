@@ -65,6 +65,12 @@ explained in docs/install.md). `scope` is "cluster" or "namespace": peering obje
 - apiGroups: [""]
   resources: [serviceaccounts]
   verbs: [get, list, watch, create, patch, delete]
+{{- if $root.Values.usage.interval }}
+# status.usage: one list of the bots' pods per interval (label selector), to read each one's /metrics.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+{{- end }}
 # Events on the bots (Applied, Restored, SecretNotFound, ...): Kopf 1.45 posts them to the core v1 API.
 - apiGroups: [""]
   resources: [events]

@@ -1,0 +1,200 @@
+"""``status.usage`` collected by the operator from real bots' ``/metrics``, against the real API server.
+
+The pods are real ``kubechat serve`` processes on loopback, each stood for by a Pod object carrying the
+labels, owner and port the operator's own Deployment would give it, and the status a kubelet would write
+(Running, Ready, its IP). The bot has ``replicas: 0`` so that kwok's pods (whose made-up IPs must never be
+contacted) are not among them; the stand-ins name the bot as their controller, so no ReplicaSet adopts them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any, cast
+
+import httpx2 as httpx
+import pytest
+from kubechat_operator.render import labels
+from kubernetes import client
+
+from chatbot_service.prices import DEFAULT_TABLE
+from localcluster.cluster import ClusterInfo
+from tests.cluster.polling import eventually
+from tests.support.bot_process import BotProcess, bot_environment, kubechat_serve
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.operator import Operator, install_crds, kubectl
+
+pytestmark = pytest.mark.cluster
+
+GROUP, VERSION, PLURAL = "kubechat.dev", "v1alpha1", "chatbots"
+INTERVAL = 5  # the smallest --usage-interval the operator accepts
+BOT = "metered"
+
+
+@pytest.fixture(scope="module")
+def collecting_operator(cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    install_crds(cluster)
+    op = Operator(
+        cluster, tmp_path_factory.mktemp("operator") / "operator.log", "--usage-interval", str(INTERVAL)
+    )
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+@pytest.fixture
+def processes(upstream: FakeOpenAI) -> Iterator[list[BotProcess]]:
+    with ExitStack() as stack:
+        env = bot_environment(upstream, api_key="sk-test-4f8a1c2e9b7d")
+        yield [stack.enter_context(kubechat_serve(env)) for _ in range(3)]
+
+
+class Stand:
+    def __init__(self, api: Any, namespace: str) -> None:
+        self.core, self.custom, self.ns = client.CoreV1Api(api), client.CustomObjectsApi(api), namespace
+
+    def bot(self) -> dict[str, Any]:
+        return cast(
+            dict[str, Any], self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, BOT)
+        )
+
+    def usage(self) -> dict[str, Any]:
+        return cast(dict[str, Any], (self.bot().get("status") or {}).get("usage") or {})
+
+    def pod_for(self, index: int, process: BotProcess, owner_uid: str) -> None:
+        """A Pod object for ``process``, as the bot's Deployment and a kubelet would have made it."""
+        port = int(process.url.rsplit(":", 1)[1])
+        name = f"{BOT}-stand-in-{index}"
+        body: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "labels": labels(BOT),
+                "ownerReferences": [
+                    {
+                        "apiVersion": f"{GROUP}/{VERSION}",
+                        "kind": "ChatBot",
+                        "name": BOT,
+                        "uid": owner_uid,
+                        "controller": True,
+                    }
+                ],
+            },
+            "spec": {
+                "schedulerName": "nobody",  # never bound to a node: nothing but this test writes its status
+                "containers": [
+                    {
+                        "name": "chatbot",
+                        "image": "kubechat/chatbot:test",
+                        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
+                    }
+                ],
+            },
+        }
+        self.core.create_namespaced_pod(self.ns, body)  # type: ignore[arg-type]  # the client takes dicts
+        status = {
+            "phase": "Running",
+            "podIP": "127.0.0.1",
+            "podIPs": [{"ip": "127.0.0.1"}],
+            "conditions": [
+                {"type": "Ready", "status": "True"},
+                {"type": "ContainersReady", "status": "True"},
+            ],
+        }
+        self.core.patch_namespaced_pod_status(name, self.ns, {"status": status})
+
+
+def chat(process: BotProcess, message: str) -> dict[str, Any]:
+    response = httpx.post(f"{process.url}/chat", json={"message": message}, timeout=10)
+    response.raise_for_status()
+    return cast(dict[str, Any], response.json())
+
+
+def test_usage_adds_up_over_pods_and_survives_one_going(
+    kube_api: Any,
+    namespace: str,
+    collecting_operator: Operator,
+    processes: list[BotProcess],
+    cluster: ClusterInfo,
+) -> None:
+    stand = Stand(kube_api, namespace)
+    core = stand.core
+    core.create_namespaced_secret(
+        namespace, client.V1Secret(metadata=client.V1ObjectMeta(name="openai"), string_data={"apiKey": "k"})
+    )
+    manifest = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ChatBot",
+        "metadata": {"name": BOT, "namespace": namespace},
+        "spec": {
+            "systemPrompt": "You are metered.",
+            "replicas": 0,
+            "openAI": {"apiKeySecretRef": {"name": "openai"}},
+        },
+    }
+    kubectl(cluster, "apply", "-f", "-", stdin=json.dumps(manifest))
+    uid = eventually(lambda: stand.bot()["metadata"]["uid"], timeout=30, what="the bot")
+    for i, process in enumerate(processes):
+        stand.pod_for(i, process, uid)
+
+    replies = [chat(p, f"hello {i} from pod {n}") for n, p in enumerate(processes) for i in range(n + 2)]
+    replies.append(chat(processes[0], "x" * 50))
+
+    def expect(replies: list[dict[str, Any]]) -> dict[str, int]:
+        tokens_in = sum(r["usage"]["prompt_tokens"] for r in replies)
+        tokens_out = sum(r["usage"]["completion_tokens"] for r in replies)
+        return {
+            "requests": len(replies),
+            "inputTokens": tokens_in,
+            "outputTokens": tokens_out,
+            "tokens": tokens_in + tokens_out,
+            "errors": 0,
+        }
+
+    def cost_nano(replies: list[dict[str, Any]]) -> int:
+        return sum(
+            DEFAULT_TABLE.cost("gpt-4o-mini", r["usage"]["prompt_tokens"], r["usage"]["completion_tokens"])
+            for r in replies
+        )
+
+    def adds_up(replies: list[dict[str, Any]]) -> dict[str, Any]:
+        usage = stand.usage()
+        for window in ("total", "lastHour", "last24Hours"):
+            shown = {k: v for k, v in (usage.get(window) or {}).items() if k != "cost"}
+            assert shown == expect(replies), (window, usage)
+        assert abs(usage["totalCounts"][4] - cost_nano(replies)) <= len(processes), usage  # float rounding
+        return usage
+
+    first = eventually(lambda: adds_up(replies), timeout=4 * INTERVAL, interval=1, what="usage of 3 pods")
+    assert cost_nano(replies) > 0 and float(first["total"]["cost"]) == pytest.approx(
+        cost_nano(replies) / 1e9, abs=1e-6
+    )
+    assert len(first["pods"]) == 3
+
+    # Shown where Kubernetes users look: `kubectl get -o wide` has the 24 h tokens and cost.
+    wide = kubectl(cluster, "get", "chatbot", BOT, "-n", namespace, "-o", "wide").stdout
+    header, row = wide.splitlines()[:2]
+    columns = dict(zip(header.split(), row.split(), strict=False))
+    assert (
+        columns["TOKENS-24H"] == str(first["last24Hours"]["tokens"])
+        and columns["COST-24H"] == first["last24Hours"]["cost"]
+    )
+
+    # Idle: two more rounds, and the status is not written again.
+    version = stand.bot()["metadata"]["resourceVersion"]
+    time.sleep(2.5 * INTERVAL)
+    assert stand.bot()["metadata"]["resourceVersion"] == version
+
+    # A pod goes (its process too): what it served stays counted; the others go on adding.
+    core.delete_namespaced_pod(f"{BOT}-stand-in-2", namespace, grace_period_seconds=0)
+    processes[2].process.terminate()
+    more = [chat(processes[1], f"after {i}") for i in range(3)]
+    after = eventually(
+        lambda: adds_up(replies + more), timeout=4 * INTERVAL, interval=1, what="usage after a pod went"
+    )
+    assert len(after["pods"]) == 2  # the gone pod's entry was removed, its counts kept in the totals
