@@ -727,10 +727,15 @@ def baseline_table(bench: Bench, direct: dict[tuple[str, int], float]) -> list[s
     and the ratio (this tree / baseline)."""
     header = ["route", "mode", "c", "added p50 ms, baseline", "added p50 ms, this tree", "ratio"]
     header += ["rps, baseline", "rps, this tree", "ratio", "CPU µs/req, baseline", "this tree", "ratio"]
+    header += ["others on CPU 1, baseline / this tree"]
     rows: list[list[object]] = []
-    keys = sorted({(r.route, r.mode, r.concurrency) for r in bench.rows if r.target == "kubechat"})
-    for route, mode, c in keys:
-        picked = {}
+
+    def keys_of(target: str) -> set[tuple[str, str, int]]:
+        return {(r.route, r.mode, r.concurrency) for r in bench.rows if r.target == target}
+
+    # Only what both measured: a baseline from before a route existed has no rows for it.
+    for route, mode, c in sorted(keys_of("kubechat") & keys_of(BASELINE)):
+        picked, others = {}, {}
         for target in (BASELINE, "kubechat"):
             of = [
                 r
@@ -739,14 +744,16 @@ def baseline_table(bench: Bench, direct: dict[tuple[str, int], float]) -> list[s
             ]
             added = statistics.median(r.load.p50 - direct[(r.base, c)] for r in of)
             cpu = statistics.median(r.cpu_us_per_request or 0.0 for r in of)
+            others[target] = statistics.median(r.others_on_test_cpu or 0.0 for r in of)
             picked[target] = (added, statistics.median(r.load.rps for r in of), cpu)
         (base_p50, base_rps, base_cpu), (p50, rps, cpu) = picked[BASELINE], picked["kubechat"]
         p50_ratio = f"{p50 / base_p50:.2f}" if base_p50 > 0 else "n/a"
         cells = [f"`{route}`", mode, c, f"{base_p50:.3f}", f"{p50:.3f}", p50_ratio]
         cells += [f"{base_rps:,.0f}", f"{rps:,.0f}", f"{rps / base_rps:.2f}"]
         cells += [f"{base_cpu:,.0f}", f"{cpu:,.0f}", f"{cpu / base_cpu:.2f}" if base_cpu else "n/a"]
+        cells += [f"{others[BASELINE]:.0f}% / {others['kubechat']:.0f}%"]
         rows.append(cells)
-    return table(header, "llrrrrrrrrrr", rows)
+    return table(header, "llrrrrrrrrrrr", rows)
 
 
 def report(bench: Bench, load_before: tuple[float, float, float], started: float) -> str:

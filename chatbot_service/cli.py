@@ -51,7 +51,8 @@ def _serve(host: str, port: int, log_level: str) -> int:
     from chatbot_service.logs import configure
 
     configure(log_level)
-    uvicorn.run(create_app(), host=host, port=port, log_level=log_level, log_config=None)
+    # No WebSocket routes: ws="none" keeps uvicorn from importing a WebSocket library for nothing.
+    uvicorn.run(create_app(), host=host, port=port, log_level=log_level, log_config=None, ws="none")
     return 0
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from chatbot_service.memory import BASELINE
 from tests.integration.conftest import API_KEY
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.servers import free_port
@@ -90,3 +91,29 @@ def test_large_and_non_ascii_sessions_are_evicted_before_rss_reaches_the_limit(
     # ~100 MiB of conversations were sent; the store keeps its budget and the process its limit
     print(f"idle RSS {idle / MiB:.0f} MiB, peak {peak / MiB:.0f} MiB, limit {LIMIT / MiB:.0f} MiB")
     assert peak < LIMIT
+
+
+def test_an_idle_bot_stays_within_the_baseline_its_memory_budget_assumes(
+    served_bot: tuple[str, int],
+) -> None:
+    """The store's budget is what the pod's limit leaves after ``memory.BASELINE``: a process that grew
+    past it (a dependency loaded that a default bot never uses, a second tokenizer, tables kept after
+    load) would leave the store less than it counts on. Held when ready and after its first requests
+    (plain and streamed /v1, a /chat session), not only before them."""
+    url, pid = served_bot
+    time.sleep(1)  # startup garbage collected and handed back
+    ready = status(pid)["VmRSS"]
+    session = None
+    with httpx2.Client(base_url=url, timeout=30) as client:
+        for _ in range(10):
+            body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello! How are you?"}]}
+            assert client.post("/v1/chat/completions", json=body).status_code == 200
+            streamed = client.post("/v1/chat/completions", json={**body, "stream": True})
+            assert streamed.status_code == 200 and streamed.text.rstrip().endswith("data: [DONE]")
+            turn = client.post("/chat", json={"message": "And then?", "session_id": session})
+            assert turn.status_code == 200, turn.text
+            session = turn.json()["session_id"]
+    after = status(pid)["VmRSS"]
+    print(f"VmRSS ready {ready / MiB:.1f} MiB, after 30 requests {after / MiB:.1f} MiB")
+    assert ready < BASELINE, f"ready at {ready / MiB:.1f} MiB, over the {BASELINE / MiB:.0f} MiB baseline"
+    assert after < BASELINE, f"{after / MiB:.1f} MiB after 30 requests, over {BASELINE / MiB:.0f} MiB"
