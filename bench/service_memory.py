@@ -31,94 +31,13 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
-MODEL = "gpt-4o-mini"  # o200k_base, as for every current OpenAI model
-FIELDS = ("VmRSS", "RssAnon", "RssFile")
-
-#: (label, modules imported at that step), in the order ``kubechat serve`` meets them.
-IMPORT_STEPS: list[tuple[str, list[str]]] = [
-    ("asyncio, ssl, json, logging (stdlib)", ["asyncio", "ssl", "json", "logging", "ctypes"]),
-    ("pydantic + pydantic_core", ["pydantic"]),
-    ("starlette", ["starlette.applications", "starlette.staticfiles"]),
-    ("fastapi (its OpenAPI models, telemetry hooks)", ["fastapi", "fastapi.middleware.cors"]),
-    ("uvicorn (+ click, h11)", ["uvicorn", "uvicorn.protocols.http.h11_impl"]),
-    ("httpx2", ["httpx2"]),
-    ("opentelemetry-api", ["opentelemetry.trace"]),
-    ("openai (its package imports every API type)", ["openai"]),
-    ("prometheus_client", ["prometheus_client"]),
-    ("chatbot_service (our modules)", ["chatbot_service.app", "chatbot_service.cli"]),
-    ("tiktoken (module)", ["tiktoken", "tiktoken_ext.openai_public"]),
-]
-NOT_LOADED_STEPS: list[tuple[str, list[str]]] = [
-    ("redis (only with a Redis URL)", ["redis.asyncio"]),
-    (
-        "azure SDKs (only with App Configuration / Key Vault)",
-        ["azure.identity", "azure.appconfiguration.provider", "azure.keyvault.secrets"],
-    ),
-]
-
-
-def status(pid: int | str = "self") -> dict[str, float]:
-    """VmRSS, RssAnon, RssFile of a process, in MiB."""
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in FIELDS:
-            fields[name] = int(value.split()[0]) / 1024
-    return fields
-
-
-# -- 1. the parts (run in a child interpreter: ``--parts-child``) ---------------------------
-
-
-def parts_child() -> None:
-    """Print one JSON line per step: its label and VmRSS/RssAnon/RssFile after it."""
-    import importlib
-
-    def emit(label: str) -> None:
-        print(json.dumps({"label": label, **status()}), flush=True)
-
-    emit("interpreter")
-    sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]  # as cli._serve does
-    for label, modules in IMPORT_STEPS:
-        for module in modules:
-            importlib.import_module(module)
-        emit(label)
-
-    import tiktoken
-    from tiktoken_ext.openai_public import o200k_base  # type: ignore[import-untyped]
-
-    from chatbot_service.memory import release_freed
-
-    constructor = o200k_base()
-    emit("o200k_base: tiktoken's Python dict of 200k ranks")
-    encoding = tiktoken.Encoding(**constructor)
-    emit("o200k_base: the Rust tables (encoder, decoder, sorted tokens, regexes)")
-    del constructor
-    encoding._mergeable_ranks = {}
-    release_freed()
-    emit("o200k_base: the dict dropped, freed pages handed back")
-    from chatbot_service.app import create_app
-
-    env = {"OPENAI_API_KEY": "bench-key", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1", "KUBECHAT_MODEL": MODEL}
-    app = create_app(env)
-    emit("create_app (routes, request models, metrics)")
-    import openai
-
-    client = openai.AsyncOpenAI(api_key="bench-key", base_url="https://127.0.0.1:9/v1")
-    emit("an openai client (its SSL context with the CA bundle)")
-    app.openapi()
-    release_freed()
-    emit("/openapi.json built once")
-    for label, modules in NOT_LOADED_STEPS:
-        for module in modules:
-            importlib.import_module(module)
-        emit(f"not in a default bot: {label}")
-    del client
+sys.path.insert(0, str(BENCH))  # the sibling scripts are not a package
+from memory_parts import FIELDS, MODEL, status  # noqa: E402
 
 
 def parts(python: str, env: dict[str, str]) -> list[list[str]]:
     out = subprocess.run(
-        [python, __file__, "--parts-child"], env=env, check=True, capture_output=True, text=True
+        [python, str(BENCH / "memory_parts.py")], env=env, check=True, capture_output=True, text=True
     ).stdout
     steps = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     rows, previous = [], steps[0]
@@ -180,12 +99,10 @@ def measure_process(
 
 def main(argv: Sequence[str] | None = None) -> int:
     sys.path.insert(0, str(BENCH))
-    # service_overhead is a sibling script, not a package; imported here so that the parts child,
-    # which runs this file, starts from a bare interpreter.
+    # service_overhead is a sibling script, not a package.
     from service_overhead import Processes, bench_env, build, seed_tiktoken
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--parts-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=3, help="fresh processes per tree (default 3)")
     parser.add_argument("--baseline", type=Path, help="another tree's kubechat executable, measured alike")
     parser.add_argument(
@@ -195,9 +112,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="encodings to seed",
     )
     args = parser.parse_args(argv)
-    if args.parts_child:
-        parts_child()
-        return 0
     kubechat = str(Path(sys.executable).parent / "kubechat")
     procs = Processes()
     cache = Path(os.environ.get("KUBECHAT_CACHE", Path.home() / ".cache" / "kubechat")) / "bench"
