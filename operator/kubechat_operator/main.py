@@ -4,6 +4,7 @@ or the in-cluster service account."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -78,10 +79,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             workers=args.workers,
             resync_seconds=args.resync_seconds,
-        )
+        ),
+        namespaces=tuple(args.namespace),
     )
 
     kopf.configure(verbose=args.log_level == "debug", quiet=args.log_level in ("warning", "error"))
+    if args.log_level != "debug":  # Kopf logs "Handler 'bot_seen' succeeded." for every watch event
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         standalone=args.peering is None,
         peering_name=args.peering,

@@ -10,12 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kubechat_operator.controller import Controller, ControllerConfig
+from kubechat_operator.watch import Watches
 
 
 @dataclass
 class OperatorMemo:
     config: ControllerConfig = field(default_factory=ControllerConfig)
+    namespaces: tuple[str, ...] = ()  # the namespaces served; empty: all
     controller: Controller | None = None  # made at startup, once the API client is configured
+    watches: Watches | None = None  # of the children, started with the controller
 
     def running(self) -> Controller:
         if self.controller is None:
