@@ -65,6 +65,7 @@ class Watch:
         self.kube, self.collection, self.selector, self.on_event = kube, collection, selector, on_event
         self.path = collection.path(namespace)
         self.max_backoff, self.server_timeout = max_backoff, server_timeout
+        self.version: str | None = None  # the newest resourceVersion seen; None: list first
         self._stopped = threading.Event()
         self._streams: list[urllib3.BaseHTTPResponse] = []
         self._thread = threading.Thread(target=self._run, name=f"watch {self.path}", daemon=True)
@@ -82,21 +83,25 @@ class Watch:
                 return
 
     def _run(self) -> None:
-        version: str | None = None
         failures = 0
         while not self._stopped.is_set():
             try:
-                if version is None:
-                    version = self._list()
-                version = self._watch(version)
+                if self.version is None:
+                    self.version = self._list()
+                self._watch()
                 failures = 0
+                continue
             except (OperatorError, OSError, urllib3.exceptions.HTTPError, ValueError) as exc:
-                if self._stopped.is_set():
-                    return
-                delay = min(0.5 * 2.0**failures, self.max_backoff)
-                failures += 1
-                logger.warning("watching %s failed, again in %.1f s: %s", self.path, delay, exc)
-                self._stopped.wait(delay)
+                problem = str(exc)
+            except Exception:  # a bug must not end the watch for good: log it, go on after a pause
+                logger.exception("watching %s failed unexpectedly", self.path)
+                problem = "unexpected error"
+            if self._stopped.is_set():
+                return
+            delay = min(0.5 * 2.0**failures, self.max_backoff)
+            failures += 1
+            logger.warning("watching %s failed, again in %.1f s: %s", self.path, delay, problem)
+            self._stopped.wait(delay)
 
     def _query(self) -> list[tuple[str, str]]:
         return [("labelSelector", self.selector)]
@@ -111,12 +116,12 @@ class Watch:
             version = str((page.get("metadata") or {}).get("resourceVersion") or "")
         return version
 
-    def _watch(self, version: str) -> str | None:
-        """Watch from ``version``; the last version seen when the server ends the watch, None if that
-        version is too old (list again)."""
+    def _watch(self) -> None:
+        """Watch from ``self.version``, moving it along, until the server ends the watch; a version too
+        old (410) sets it to None, so the next round lists again."""
         query = [
             *self._query(),
-            ("resourceVersion", version),
+            ("resourceVersion", self.version or ""),
             ("allowWatchBookmarks", "true"),
             ("timeoutSeconds", str(self.server_timeout)),
         ]
@@ -125,12 +130,13 @@ class Watch:
             if kind == "ERROR":
                 status = ApiStatus.parse(int(obj.get("code") or 500), json.dumps(obj))
                 if status.code == 410:
-                    return None
+                    self.version = None
+                    return
                 raise ApiError(status)
-            version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
             if kind != "BOOKMARK":
                 self.on_event(str(kind), obj)
-        return version
+            # after the handler: an event it failed on is delivered again by the next watch
+            self.version = str((obj.get("metadata") or {}).get("resourceVersion") or self.version)
 
 
 class Watches:

@@ -83,5 +83,31 @@ def test_a_watch_stops_promptly_while_the_server_holds_it_open(kube_api: Any, na
     assert not any(t.name == f"watch {watch.path}" and t.is_alive() for t in threading.enumerate())
 
 
+def test_a_failing_handler_gets_the_event_again_and_the_watch_goes_on(kube_api: Any, namespace: str) -> None:
+    seen = Seen()
+    failed: list[str] = []
+
+    def flaky(event: str | None, obj: Mapping[str, Any]) -> None:
+        if obj["metadata"]["name"] == "boom" and not failed:
+            failed.append("boom")
+            raise RuntimeError("a bug in the handler")
+        seen(event, obj)
+
+    watch = Watch(Kube(kube_api), CONFIG_MAPS, namespace, SELECTOR, flaky, max_backoff=0.5)
+    watch.start()
+    try:
+        core = client.CoreV1Api(kube_api)
+        eventually(lambda: assert_equal(watch.version is not None, True), what="the listing")
+        core.create_namespaced_config_map(namespace, config_map("boom", "1"))
+        eventually(lambda: assert_equal(seen.of("boom"), [("ADDED", "ConfigMap", "1")]), what="a redelivery")
+        core.create_namespaced_config_map(namespace, config_map("after", "1"))
+        eventually(
+            lambda: assert_equal(seen.of("after"), [("ADDED", "ConfigMap", "1")]), what="the next event"
+        )
+        assert failed == ["boom"]
+    finally:
+        watch.stop()
+
+
 def assert_equal(got: object, want: object) -> None:
     assert got == want, got
