@@ -303,25 +303,26 @@ class Controller:
         self, bot: Bot, state: BotState, digest: str | None, problem: tuple[str, str] | None
     ) -> None:
         """The one status write of a reconcile, when the status differs from the last one; Warning Events
-        when a problem starts (not on every retry)."""
+        when a problem starts (not on every retry), posted first, so whoever sees the status finds them."""
         with self._lock:
             previous = state.written_status or state.seen_status
             deployment = state.deployment
         status = build_status(bot, deployment, digest, problem, previous, _now())
-        if not previous or not same_status(previous, status):
-            self.kube.patch_bot_status(bot.namespace, bot.name, status)
-        with self._lock:
-            state.written_status = status
-            state.problem = problem
         ident = {"name": bot.name, "namespace": bot.namespace, "uid": bot.uid}
         before: dict[str, Any] = next(
             (c for c in previous.get("conditions") or () if c.get("type") == "Ready"), {}
         )
-        if problem and before.get("reason") != problem[0]:
+        known = {before.get("reason"), state.problem[0] if state.problem else None}
+        if problem and problem[0] not in known:  # not again when only the status write is retried
             self._event(ident, "Warning", problem[0], problem[1])
+        state.problem = problem
         if bot.spec.splits_conversations and not state.warned_split:
             self._event(ident, "Warning", "InMemorySessions", SPLIT_WARNING.removeprefix("; warning: "))
         state.warned_split = bot.spec.splits_conversations
+        if not previous or not same_status(previous, status):
+            self.kube.patch_bot_status(bot.namespace, bot.name, status)
+        with self._lock:
+            state.written_status = status
 
     def _event(self, bot: dict[str, str], type_: str, reason: str, message: str) -> None:
         """Events are for people; one that cannot be posted is logged, never a reason to retry."""

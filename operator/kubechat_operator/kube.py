@@ -1,17 +1,25 @@
 """The few Kubernetes API calls the operator makes. Edge: network I/O through one shared client.
 
 One ``ApiClient`` (one connection pool) serves every worker: a client per call costs a TLS handshake
-on both sides. Children are written only by server-side apply under one field manager. A failed call
-raises ``ApiError`` carrying the server's ``Status`` (reason, causes), which ``errors.classify`` sorts.
+on both sides. Requests go straight to its urllib3 pool as JSON bytes: the generated client's path
+(``param_serialize`` walking the body, the auth hook run per request, urllib3's field encoding) cost
+more CPU than the request itself. Children are written only by server-side apply under one field
+manager. A failed call raises ``ApiError`` carrying the server's ``Status`` (reason, causes), which
+``errors.classify`` sorts.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+import threading
+import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
+import urllib3
 from kubernetes import client
 
 from kubechat_operator import FIELD_MANAGER, GROUP, PLURAL, VERSION
@@ -27,6 +35,9 @@ _PATHS = {
     ),
 }
 _JSON = "application/json"
+_AUTH_SECONDS = 10.0  # how long the auth header is reused; the client's hook rereads a rotated token
+_TIMEOUT = urllib3.Timeout(connect=10.0, read=60.0)  # a hung request retries instead of holding a worker
+WATCH_SECONDS = 300  # the server ends a watch after this; it is then resumed from the last version
 _METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 
 
@@ -41,6 +52,27 @@ class ApiError(OperatorError):
 class Kube:
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api = api_client
+        # the API server's pool itself (through a configured proxy, if any): the pool manager's lookup
+        # of it parses and normalises the URL on every request
+        host = api_client.configuration.host.rstrip("/")
+        self._pool: urllib3.HTTPConnectionPool = api_client.rest_client.pool_manager.connection_from_url(host)
+        self._prefix = urllib3.util.parse_url(host).path or ""
+        self._auth_lock = threading.Lock()
+        self._auth: dict[str, str] = {}
+        self._auth_until = 0.0
+
+    def _auth_headers(self) -> dict[str, str]:
+        """The credentials header(s), from the client's configuration (which refreshes an expiring or
+        rotated token in its hook), asked at most every ``_AUTH_SECONDS``."""
+        with self._auth_lock:
+            now = time.monotonic()
+            if now >= self._auth_until:
+                settings = self.api.configuration.auth_settings().values()
+                self._auth = {
+                    s["key"]: s["value"] for s in settings if s.get("in") == "header" and s.get("value")
+                }
+                self._auth_until = now + _AUTH_SECONDS
+            return self._auth
 
     def _call(
         self,
@@ -52,20 +84,59 @@ class Kube:
         body: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """One request; a non-2xx answer raises ``ApiError`` with the server's status."""
-        method, url, sent_headers, payload, _ = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=query,
-            header_params=dict(headers or {}),
-            body=body,
-            auth_settings=["BearerToken"],
+        url = self._prefix + path + ("?" + urlencode(query) if query else "")
+        sent = {"User-Agent": FIELD_MANAGER, **self._auth_headers(), **(headers or {})}
+        payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        response = self._pool.urlopen(
+            method, url, body=payload, headers=sent, timeout=_TIMEOUT, redirect=False
         )
-        response = self.api.call_api(method, url, header_params=sent_headers, body=payload)
-        raw: bytes = response.read()  # type: ignore[no-untyped-call]
+        raw: bytes = response.data
         if not 200 <= response.status <= 299:
             raise ApiError(ApiStatus.parse(response.status, raw, response.reason))
         data: dict[str, Any] = json.loads(raw)
         return data
+
+    def list_pages(self, path: str, query: list[tuple[str, str]]) -> Iterator[dict[str, Any]]:
+        """Every page of a collection (500 items a page, so a relist of thousands stays small)."""
+        token = ""
+        while True:
+            page = self._call(
+                "GET",
+                path,
+                query=[*query, ("limit", "500"), *([("continue", token)] if token else [])],
+                headers={"Accept": _JSON},
+            )
+            yield page
+            token = (page.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return
+
+    def watch(
+        self,
+        path: str,
+        query: list[tuple[str, str]],
+        streams: list[urllib3.BaseHTTPResponse],
+        read_timeout: float = WATCH_SECONDS + 30.0,
+    ) -> Iterator[dict[str, Any]]:
+        """The events of one watch request, parsed, until the server ends it. The open response is
+        kept in ``streams`` while it lasts, so another thread can ``shutdown()`` it to stop."""
+        url = self._prefix + path + "?" + urlencode([*query, ("watch", "1")])
+        headers = {"User-Agent": FIELD_MANAGER, "Accept": _JSON, **self._auth_headers()}
+        timeout = urllib3.Timeout(connect=10.0, read=read_timeout)
+        response = self._pool.urlopen(
+            "GET", url, headers=headers, timeout=timeout, preload_content=False, redirect=False
+        )
+        streams.append(response)
+        try:
+            if not 200 <= response.status <= 299:
+                raise ApiError(ApiStatus.parse(response.status, response.read(), response.reason))
+            for line in response:
+                if line.strip():
+                    yield json.loads(line)
+        finally:  # closed, not pooled: a stream stopped halfway leaves unread bytes on its connection
+            streams.remove(response)
+            response.close()
+            response.release_conn()
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply ``obj`` (force: the operator owns these fields); returns the live object."""

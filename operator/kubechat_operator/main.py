@@ -4,6 +4,7 @@ or the in-cluster service account."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -86,8 +87,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kubechat_operator.memo import OperatorMemo
     from kubechat_operator.render import OperatorDefaults
 
-    if args.watch_bindings:
-        handlers.watch_bindings()
     defaults = OperatorDefaults()
     memo = OperatorMemo(
         ControllerConfig(
@@ -100,9 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             namespaces=tuple(args.namespace),
         ),
         usage_interval=args.usage_interval,
+        watch_bindings=args.watch_bindings,
     )
 
     kopf.configure(verbose=args.log_level == "debug", quiet=args.log_level in ("warning", "error"))
+    if args.log_level != "debug":  # Kopf logs "Handler 'bot_seen' succeeded." for every watch event
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         standalone=args.peering is None,
         peering_name=args.peering,

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from kubechat_operator.controller import Controller, ControllerConfig
+from kubechat_operator.watch import Watches
 
 if TYPE_CHECKING:
     from kubechat_operator.collector import UsageCollector
@@ -20,7 +21,9 @@ if TYPE_CHECKING:
 class OperatorMemo:
     config: ControllerConfig = field(default_factory=ControllerConfig)
     usage_interval: float = 0.0  # seconds between usage collections; 0: off
+    watch_bindings: bool = True  # also watch the bots' TokenReview ClusterRoleBindings (cluster-wide)
     controller: Controller | None = None  # made at startup, once the API client is configured
+    watches: Watches | None = None  # of the children, started with the controller
     collector: UsageCollector | None = None
 
     def running(self) -> Controller:

@@ -81,7 +81,7 @@ class BotState:
     applied: dict[str, Applied] = field(default_factory=dict)
     drifted: set[str] = field(default_factory=set)  # kinds seen deleted or changed by someone else
     deployment: dict[str, Any] | None = None  # compact_deployment() of the newest seen
-    problem: tuple[str, str] | None = None  # (reason, message) that stops the bot, e.g. SecretNotFound
+    problem: tuple[str, str] | None = None  # what stops the bot (reason, message), its Event posted
     secrets_checked: tuple[tuple[str, str], ...] | None = None  # the refs last found all present
     in_flight: str | None = None  # the kind being applied right now (its own watch event may come first)
     seen_in_flight: Mark | None = None  # the newest version of it seen meanwhile

@@ -46,7 +46,7 @@ def controller(cluster: ClusterInfo, namespace: str, monkeypatch: pytest.MonkeyP
     # as if the process had started with KUBECONFIG set (the client library reads it at import)
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
     monkeypatch.setattr(kube_config, "KUBE_CONFIG_DEFAULT_LOCATION", str(cluster.kubeconfig))
-    memo = OperatorMemo(ControllerConfig(resync_seconds=0))
+    memo = OperatorMemo(ControllerConfig(resync_seconds=0, namespaces=(namespace,)))
     stop, ready = threading.Event(), threading.Event()
     thread = threading.Thread(
         target=kopf.run,

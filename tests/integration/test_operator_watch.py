@@ -1,0 +1,113 @@
+"""The children's watches (``watch.py``) against the real API server: listed, watched, resumed after the
+server ends a watch, filtered by label on the server, and stopped promptly."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import pytest
+from kubechat_operator.kube import Kube
+from kubechat_operator.watch import CHILDREN, Watch
+from kubernetes import client
+
+from tests.cluster.polling import eventually
+
+pytestmark = pytest.mark.cluster
+
+SELECTOR = "app.kubernetes.io/managed-by=kubechat-operator"
+CONFIG_MAPS = next(c for c in CHILDREN if c.kind == "ConfigMap")
+
+
+class Seen:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.events: list[tuple[str | None, str, str, str]] = []  # (type, kind, name, data value)
+
+    def __call__(self, event: str | None, obj: Mapping[str, Any]) -> None:
+        with self.lock:
+            value = str((obj.get("data") or {}).get("v"))
+            self.events.append((event, str(obj.get("kind")), obj["metadata"]["name"], value))
+
+    def of(self, name: str) -> list[tuple[str | None, str, str]]:
+        with self.lock:
+            return [(e, kind, value) for e, kind, n, value in self.events if n == name]
+
+
+def config_map(name: str, value: str, managed: bool = True) -> client.V1ConfigMap:
+    labels = {"app.kubernetes.io/managed-by": "kubechat-operator"} if managed else {"other": "x"}
+    return client.V1ConfigMap(metadata=client.V1ObjectMeta(name=name, labels=labels), data={"v": value})
+
+
+@pytest.fixture
+def watching(kube_api: Any, namespace: str) -> Iterator[tuple[Seen, client.CoreV1Api]]:
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_config_map(namespace, config_map("before", "1"))  # there before: listed
+    seen = Seen()
+    # the server ends each watch after 1 s, so the changes below land after at least one resume
+    watch = Watch(Kube(kube_api), CONFIG_MAPS, namespace, SELECTOR, seen, server_timeout=1)
+    watch.start()
+    try:
+        yield seen, core
+    finally:
+        watch.stop()
+
+
+def test_children_are_listed_then_watched_across_resumed_watches(
+    watching: tuple[Seen, client.CoreV1Api], namespace: str
+) -> None:
+    seen, core = watching
+    eventually(lambda: assert_equal(seen.of("before"), [(None, "ConfigMap", "1")]), what="the listing")
+    core.create_namespaced_config_map(namespace, config_map("ignored", "1", managed=False))
+    time.sleep(2.5)  # two server-ended watches later
+    core.patch_namespaced_config_map("before", namespace, {"data": {"v": "2"}})
+    core.create_namespaced_config_map(namespace, config_map("later", "1"))
+    core.delete_namespaced_config_map("later", namespace)
+    eventually(
+        lambda: assert_equal(seen.of("later"), [("ADDED", "ConfigMap", "1"), ("DELETED", "ConfigMap", "1")]),
+        what="a child created and deleted",
+    )
+    assert seen.of("before") == [(None, "ConfigMap", "1"), ("MODIFIED", "ConfigMap", "2")]
+    assert seen.of("ignored") == []  # the label selector is applied by the server
+
+
+def test_a_watch_stops_promptly_while_the_server_holds_it_open(kube_api: Any, namespace: str) -> None:
+    seen = Seen()
+    watch = Watch(Kube(kube_api), CONFIG_MAPS, namespace, SELECTOR, seen)  # the server's 300 s
+    watch.start()
+    client.CoreV1Api(kube_api).create_namespaced_config_map(namespace, config_map("one", "1"))
+    eventually(lambda: assert_equal(len(seen.of("one")), 1), what="the watch is open")
+    watch.stop()  # gives up waiting after 5 s: the thread must be gone by then, not in 300 s
+    assert not any(t.name == f"watch {watch.path}" and t.is_alive() for t in threading.enumerate())
+
+
+def test_a_failing_handler_gets_the_event_again_and_the_watch_goes_on(kube_api: Any, namespace: str) -> None:
+    seen = Seen()
+    failed: list[str] = []
+
+    def flaky(event: str | None, obj: Mapping[str, Any]) -> None:
+        if obj["metadata"]["name"] == "boom" and not failed:
+            failed.append("boom")
+            raise RuntimeError("a bug in the handler")
+        seen(event, obj)
+
+    watch = Watch(Kube(kube_api), CONFIG_MAPS, namespace, SELECTOR, flaky, max_backoff=0.5)
+    watch.start()
+    try:
+        core = client.CoreV1Api(kube_api)
+        eventually(lambda: assert_equal(watch.version is not None, True), what="the listing")
+        core.create_namespaced_config_map(namespace, config_map("boom", "1"))
+        eventually(lambda: assert_equal(seen.of("boom"), [("ADDED", "ConfigMap", "1")]), what="a redelivery")
+        core.create_namespaced_config_map(namespace, config_map("after", "1"))
+        eventually(
+            lambda: assert_equal(seen.of("after"), [("ADDED", "ConfigMap", "1")]), what="the next event"
+        )
+        assert failed == ["boom"]
+    finally:
+        watch.stop()
+
+
+def assert_equal(got: object, want: object) -> None:
+    assert got == want, got
