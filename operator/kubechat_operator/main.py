@@ -82,7 +82,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import kopf
 
-    from kubechat_operator import handlers  # registers the handlers
     from kubechat_operator.controller import ControllerConfig
     from kubechat_operator.memo import OperatorMemo
     from kubechat_operator.render import OperatorDefaults
