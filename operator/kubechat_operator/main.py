@@ -82,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import kopf
 
+    import kubechat_operator.handlers  # noqa: F401  (registers the handlers)
     from kubechat_operator.controller import ControllerConfig
     from kubechat_operator.memo import OperatorMemo
     from kubechat_operator.render import OperatorDefaults
