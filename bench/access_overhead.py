@@ -1,6 +1,6 @@
 """What authentication plus limits add to a chat completion, side by side with them off, in one run.
 
-    .venv/bin/python bench/access_overhead.py [--seconds 5] [--rounds 3]
+    .venv/bin/python bench/access_overhead.py [--seconds 5] [--rounds 3] [--baseline DIR]
 
 The set-up of ``service_overhead.py``: the Go upstream and the Go load generator on CPU 0, each bot
 process alone on CPU 1 while it is measured. Five ``kubechat serve`` processes run side by side: access
@@ -10,6 +10,10 @@ Limits are set high enough never to refuse (requests and tokens per minute, a da
 a monthly cost budget per identity, a daily token budget for the bot), so every request pays the
 whole path: authenticate, plan, reserve, settle. Rounds interleave the five, so a noisy neighbour
 hurts all of them alike; the figures are medians over the rounds. Everything started is stopped by PID.
+
+``--baseline DIR`` (a source tree, e.g. ``git archive main | tar -x -C DIR``) adds the two Redis rows run
+from that tree's ``chatbot_service`` (first on PYTHONPATH), interleaved with the others: a change to the
+Redis path measured against what it replaces, in the same run.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per row")
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--baseline", type=Path, help="a source tree whose Redis rows run side by side")
     parser.add_argument("--tiktoken-from", type=Path, default=BENCH.parent.parent / "shared" / "tiktoken")
     args = parser.parse_args(argv)
     pin = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
@@ -98,7 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             token = issuer.token(AUDIENCE, sub="bench", lifetime=7200)
             headers = {"API key": f"Authorization: Bearer {API_KEY}", "JWT": f"Authorization: Bearer {token}"}
             bots: dict[str, tuple[str, int, str]] = {}
-            for name, extra in configurations(issuer, keys_dir, f"redis://127.0.0.1:{redis_port}/0").items():
+            setups = configurations(issuer, keys_dir, f"redis://127.0.0.1:{redis_port}/0")
+            if args.baseline:
+                tree = str(args.baseline.resolve())
+                setups |= {
+                    f"{n} (baseline)": e | {"PYTHONPATH": tree}
+                    for n, e in list(setups.items())
+                    if "Redis" in n
+                }
+            for name, extra in setups.items():
                 port = so.free_port()
                 argv = [kubechat, "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level", "info"]
                 log = work / f"{name.split()[0]}-{port}.log"
@@ -106,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 so.wait_ready(f"http://127.0.0.1:{port}/readyz", proc, log)
                 header = next((h for k, h in headers.items() if name.startswith(k)), "")
                 bots[name] = (f"http://127.0.0.1:{port}/v1/chat/completions", proc.pid, header)
-            in_process(issuer, token, f"redis://127.0.0.1:{redis_port}/0", args.rounds)
+            in_process(issuer, token, f"redis://127.0.0.1:{redis_port}/0", args.rounds, args.baseline)
             body = so.completion_body(False)
             for url, _, header in bots.values():  # first requests: tokenizer, connections, JWKS
                 load.run(url, "plain", 1, "-body", body, *(["-header", header] if header else []), seconds=1)
@@ -156,10 +169,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def in_process(issuer: Issuer, token: str, redis_url: str, rounds: int, requests: int = 3000) -> None:
+def in_process(
+    issuer: Issuer, token: str, redis_url: str, rounds: int, baseline: Path | None, requests: int = 3000
+) -> None:
     """The guard alone, in this process: authenticate, admit (plan + reserve), settle, per request,
-    for each configuration, interleaved; no HTTP, so the noise of the machine matters less."""
+    for each configuration, interleaved; no HTTP, so the noise of the machine matters less. CPU time
+    (this process's; Redis's own is not in it) beside the wall time. With a baseline tree, its Redis
+    counters (``redis_counters.py``) behind this tree's guard, as one more row."""
     import asyncio
+    import importlib.util
 
     from chatbot_service.guard import Guard
     from chatbot_service.sessions import Stores
@@ -177,6 +195,8 @@ def in_process(issuer: Issuer, token: str, redis_url: str, rounds: int, requests
         "API key + Redis": (key | limits | redis, API_KEY),
         "JWT + Redis": (oidc | limits | redis, token),
     }
+    if baseline:
+        setups["API key + Redis (baseline)"] = (key | limits | redis | {"bot_name": "baseline"}, API_KEY)
     reply = json.dumps(
         {
             "choices": [{"message": {"content": "Hi"}}],
@@ -184,31 +204,43 @@ def in_process(issuer: Issuer, token: str, redis_url: str, rounds: int, requests
         }
     ).encode()
 
-    async def run() -> dict[str, list[float]]:
+    async def run() -> dict[str, list[tuple[float, float]]]:
         guards = {}
         for name, (extra, credential) in setups.items():
             settings = parse_settings(base | extra)
-            guards[name] = (Guard(Stores()), settings, f"Bearer {credential}" if credential else None)
-        timings: dict[str, list[float]] = {name: [] for name in setups}
+            guard = Guard(Stores())
+            if name.endswith("(baseline)") and baseline:
+                where = baseline / "chatbot_service" / "redis_counters.py"
+                spec = importlib.util.spec_from_file_location("baseline_redis_counters", where)
+                assert spec and spec.loader, where
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                guard._redis = module.RedisCounters(guard._stores.redis(settings))
+            guards[name] = (guard, settings, f"Bearer {credential}" if credential else None)
+        timings: dict[str, list[tuple[float, float]]] = {name: [] for name in setups}
         for round_number in range(rounds + 1):  # the first round warms up (JWKS, connections)
             for name, (guard, settings, header) in guards.items():
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 for _ in range(requests if round_number else 50):
                     caller = await guard.authenticate(settings, header)
                     ticket = await guard.admit(caller, settings, 20, {"max_tokens": 64})
                     await ticket.settle_raw(reply)
+                await asyncio.sleep(0.1)  # settlements still waiting are sent, and counted, here
                 if round_number:
-                    timings[name].append(1e6 * (time.perf_counter() - started) / requests)
+                    wall = 1e6 * (time.perf_counter() - started - 0.1) / requests
+                    timings[name].append((wall, 1e6 * (time.process_time() - cpu) / requests))
         return timings
 
     timings = asyncio.run(run())
-    anchor = statistics.median(timings["off (anchor)"])
+    wall0 = statistics.median(w for w, _ in timings["off (anchor)"])
+    cpu0 = statistics.median(c for _, c in timings["off (anchor)"])
     print(f"\nthe guard alone, in process ({rounds} interleaved rounds of {requests} requests, medians):")
-    rows = [
-        [name, f"{statistics.median(t):.1f}", f"{statistics.median(t) - anchor:+.1f}"]
-        for name, t in timings.items()
-    ]
-    print("\n".join(so.table(["configuration", "µs/request", "added µs"], "lrr", rows)), flush=True)
+    rows = []
+    for name, t in timings.items():
+        wall, cpu = statistics.median(w for w, _ in t), statistics.median(c for _, c in t)
+        rows.append([name, f"{wall:.1f}", f"{wall - wall0:+.1f}", f"{cpu:.1f}", f"{cpu - cpu0:+.1f}"])
+    columns = ["configuration", "µs/request", "added µs", "CPU µs/request", "added CPU µs"]
+    print("\n".join(so.table(columns, "lrrrr", rows)), flush=True)
     print()
 
 

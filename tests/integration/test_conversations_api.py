@@ -16,10 +16,10 @@ import openai
 import pytest
 
 from tests.integration.conftest import API_KEY, REDIS_PASSWORD, BotFactory
+from tests.support.bot_process import Replicas
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.mounted import write_keys
 from tests.support.redis_server import RedisServer
-from tests.support.replicas import Replicas
 from tests.support.servers import ThreadedServer
 
 

@@ -17,10 +17,10 @@ import pytest
 from tests.cluster.polling import eventually
 from tests.integration.conftest import API_KEY, REDIS_PASSWORD
 from tests.integration.test_limits_http import COMPLETION, KEYS, QUESTION, TURN
+from tests.support.bot_process import BotProcess, Replicas
 from tests.support.fake_openai import FakeOpenAI, Fault
 from tests.support.mounted import write_keys
 from tests.support.redis_server import RedisServer
-from tests.support.replicas import Bot, Replicas
 
 BUDGET_TURNS = 10
 
@@ -28,11 +28,11 @@ BUDGET_TURNS = 10
 @pytest.fixture
 def start_bots(
     bot_env: dict[str, str], redis_server: RedisServer, tmp_path: Path
-) -> Iterator[Callable[..., list[Bot]]]:
+) -> Iterator[Callable[..., list[BotProcess]]]:
     replicas = Replicas(tmp_path)
     write_keys(tmp_path / "keys", KEYS)
 
-    def start(count: int, limits: dict[str, Any], keys: bool = False) -> list[Bot]:
+    def start(count: int, limits: dict[str, Any], keys: bool = False) -> list[BotProcess]:
         env = {
             **os.environ,
             **bot_env,
@@ -49,14 +49,14 @@ def start_bots(
     replicas.stop((REDIS_PASSWORD, API_KEY, *KEYS.values()))
 
 
-def ask(bot: Bot, key: str | None = None) -> httpx2.Response:
+def ask(bot: BotProcess, key: str | None = None) -> httpx2.Response:
     body = {"model": "any", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": COMPLETION}
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     return httpx2.post(bot.url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
 
 
 def test_two_replicas_under_concurrent_load_cannot_exceed_a_budget_together(
-    start_bots: Callable[..., list[Bot]], upstream: FakeOpenAI
+    start_bots: Callable[..., list[BotProcess]], upstream: FakeOpenAI
 ) -> None:
     # every request reserves exactly TURN tokens (prompt + a reply limit of its real length)
     a, b = start_bots(2, {"perIdentity": {"tokens": {"day": BUDGET_TURNS * TURN}}})
@@ -87,7 +87,10 @@ def test_two_replicas_under_concurrent_load_cannot_exceed_a_budget_together(
 
 @pytest.mark.parametrize("redis_down", ["refuse", "allow"])
 def test_redis_down_refuses_by_default_or_admits_when_told(
-    start_bots: Callable[..., list[Bot]], redis_server: RedisServer, upstream: FakeOpenAI, redis_down: str
+    start_bots: Callable[..., list[BotProcess]],
+    redis_server: RedisServer,
+    upstream: FakeOpenAI,
+    redis_down: str,
 ) -> None:
     (bot,) = start_bots(1, {"perIdentity": {"requestsPerMinute": 100}, "redisDown": redis_down})
     assert ask(bot).status_code == 200
@@ -106,7 +109,9 @@ def test_redis_down_refuses_by_default_or_admits_when_told(
     eventually(lambda: ask(bot).raise_for_status(), timeout=20, what="requests counted again")
 
 
-def test_sessions_belong_to_their_identity_across_replicas(start_bots: Callable[..., list[Bot]]) -> None:
+def test_sessions_belong_to_their_identity_across_replicas(
+    start_bots: Callable[..., list[BotProcess]],
+) -> None:
     a, b = start_bots(2, {"perIdentity": {"requestsPerMinute": 100}}, keys=True)
     owner, other = ({"Authorization": f"Bearer {KEYS[name]}"} for name in ("team-a", "team-b"))
     sid = httpx2.post(a.url + "/chat", json={"message": "mine"}, headers=owner, timeout=30).json()[
@@ -122,7 +127,7 @@ def test_sessions_belong_to_their_identity_across_replicas(start_bots: Callable[
 
 
 def test_shared_counters_are_settled_to_the_real_usage(
-    start_bots: Callable[..., list[Bot]], upstream: FakeOpenAI
+    start_bots: Callable[..., list[BotProcess]], upstream: FakeOpenAI
 ) -> None:
     (bot,) = start_bots(1, {"perIdentity": {"tokens": {"day": 100 * TURN}}})
     body = {"model": "any", "messages": [{"role": "user", "content": QUESTION}], "max_tokens": 500}
@@ -136,7 +141,7 @@ def test_shared_counters_are_settled_to_the_real_usage(
 
 
 def test_a_settlement_reaches_the_other_replica_without_another_request(
-    start_bots: Callable[..., list[Bot]], upstream: FakeOpenAI
+    start_bots: Callable[..., list[BotProcess]], upstream: FakeOpenAI
 ) -> None:
     """A settlement rides on the process's next reservation; with none coming it is sent on its own
     within SETTLE_DELAY, so the other replica (which has nothing of it to apply) sees the real usage."""
@@ -155,6 +160,6 @@ def test_a_settlement_reaches_the_other_replica_without_another_request(
     eventually(lambda: _day_tokens(second, 3 * TURN), timeout=10, what="three turns settled")
 
 
-def _day_tokens(bot: Bot, expected: int) -> None:
+def _day_tokens(bot: BotProcess, expected: int) -> None:
     (anonymous,) = httpx2.get(bot.url + "/v1/usage").json()["identities"]
     assert anonymous["windows"]["day"]["tokens"] == expected

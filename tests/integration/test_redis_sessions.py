@@ -16,19 +16,19 @@ from chatbot_service.redis_store import describe_url
 from tests.cluster.polling import eventually
 from tests.integration.conftest import API_KEY
 from tests.integration.conftest import REDIS_PASSWORD as PASSWORD
+from tests.support.bot_process import BotProcess, Replicas
 from tests.support.fake_openai import FakeOpenAI, Fault
 from tests.support.redis_server import RedisServer
-from tests.support.replicas import Bot, Replicas
 from tests.support.servers import assert_serialized, concurrent_turns
 
 
 @pytest.fixture
 def start_bots(
     bot_env: dict[str, str], redis_server: RedisServer, tmp_path: Path
-) -> Iterator[Callable[[int], list[Bot]]]:
+) -> Iterator[Callable[[int], list[BotProcess]]]:
     replicas = Replicas(tmp_path)
 
-    def start(count: int) -> list[Bot]:
+    def start(count: int) -> list[BotProcess]:
         env = {
             **os.environ,
             **bot_env,
@@ -44,7 +44,7 @@ def start_bots(
 
 
 def test_turns_alternating_between_replicas_keep_one_conversation(
-    start_bots: Callable[[int], list[Bot]], upstream: FakeOpenAI
+    start_bots: Callable[[int], list[BotProcess]], upstream: FakeOpenAI
 ) -> None:
     a, b = start_bots(2)
     sid = a.chat("turn 0").json()["session_id"]
@@ -59,7 +59,7 @@ def test_turns_alternating_between_replicas_keep_one_conversation(
 
 
 def test_a_replica_killed_mid_conversation_loses_nothing(
-    start_bots: Callable[[int], list[Bot]], upstream: FakeOpenAI
+    start_bots: Callable[[int], list[BotProcess]], upstream: FakeOpenAI
 ) -> None:
     a, b = start_bots(2)
     sid = a.chat("remember 42").json()["session_id"]
@@ -72,7 +72,7 @@ def test_a_replica_killed_mid_conversation_loses_nothing(
 
 
 def test_concurrent_turns_on_one_session_from_two_replicas_are_serialized(
-    start_bots: Callable[[int], list[Bot]], upstream: FakeOpenAI
+    start_bots: Callable[[int], list[BotProcess]], upstream: FakeOpenAI
 ) -> None:
     a, b = start_bots(2)
     sid = a.chat("start").json()["session_id"]
@@ -84,7 +84,7 @@ def test_concurrent_turns_on_one_session_from_two_replicas_are_serialized(
 
 
 def test_redis_down_is_a_clear_503_and_heals_with_the_conversation_intact(
-    start_bots: Callable[[int], list[Bot]], redis_server: RedisServer, upstream: FakeOpenAI
+    start_bots: Callable[[int], list[BotProcess]], redis_server: RedisServer, upstream: FakeOpenAI
 ) -> None:
     (bot,) = start_bots(1)
     sid = bot.chat("before the outage").json()["session_id"]
@@ -116,7 +116,7 @@ def test_a_redis_store_without_a_url_is_not_ready_and_says_so(
     bot_env: dict[str, str], tmp_path: Path
 ) -> None:
     env = {**os.environ, **bot_env, "KUBECHAT_SESSION_STORE": "redis"}
-    bot = Bot(env, tmp_path / "bot.log").wait_up()
+    bot = BotProcess(env, tmp_path / "bot.log").wait_up()
     try:
         report = httpx2.get(bot.url + "/readyz")
         assert report.status_code == 503 and report.json()["missing"] == ["redis_url"]

@@ -1,16 +1,17 @@
 """``kubechat serve`` as production runs it: a process of its own, settings from its environment, real HTTP
-on a free loopback port. Its output goes to a file (a pipe nobody reads would fill and stall the server)."""
+on a free loopback port. Its output goes to a file (a pipe nobody reads would fill and stall the server).
+The one way tests start one (``kubechat_serve``) or several sharing a store (``Replicas``)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx2
@@ -35,54 +36,79 @@ def bot_environment(upstream: FakeOpenAI, api_key: str = API_KEY, **settings: st
     }
 
 
-@dataclass
 class BotProcess:
-    url: str
-    process: subprocess.Popen[bytes]
-    log: Path
+    """One ``kubechat serve`` process on a free port, its output appended to ``log``; stopped by PID."""
+
+    def __init__(self, env: Mapping[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        argv = [sys.executable, "-m", "chatbot_service.cli", "serve", "--host", "127.0.0.1", "--port"]
+        with log.open("ab") as sink:
+            self.process = subprocess.Popen(
+                [*argv, str(self.port)], env={**os.environ, **env}, stdout=sink, stderr=subprocess.STDOUT
+            )
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def wait_up(self, timeout: float = 60) -> BotProcess:
+        """Until it answers ``/healthz``; fails with its output if it exits or does not come up."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                httpx2.get(self.url + "/healthz", timeout=1).raise_for_status()
+                return self
+            except httpx2.HTTPError:
+                code = self.process.poll()
+                if code is not None or time.monotonic() > deadline:
+                    how = f"exited with {code}" if code is not None else f"not up after {timeout:g} s"
+                    raise RuntimeError(
+                        f"kubechat serve on port {self.port} {how}:\n{self.output()}"
+                    ) from None
+                time.sleep(0.05)
+
+    def chat(self, message: str, session_id: str | None = None) -> httpx2.Response:
+        return httpx2.post(
+            self.url + "/chat", json={"message": message, "session_id": session_id}, timeout=30
+        )
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
 
 @contextmanager
-def kubechat_serve(env: Mapping[str, str], timeout: float = 30) -> Iterator[BotProcess]:
+def kubechat_serve(env: Mapping[str, str], timeout: float = 60) -> Iterator[BotProcess]:
     """Start ``kubechat serve`` with ``env`` over this process's environment; stopped (SIGTERM) on exit."""
-    port = free_port()
     with tempfile.TemporaryDirectory(prefix="kubechat-serve-") as tmp:
-        log = Path(tmp) / "output.log"
-        with log.open("wb") as sink:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "chatbot_service.cli",
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
-                env={**os.environ, **env},
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-            )
-        bot = BotProcess(f"http://127.0.0.1:{port}", process, log)
+        bot = BotProcess(env, Path(tmp) / "output.log")
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    httpx2.get(bot.url + "/healthz", timeout=1)
-                    break
-                except httpx2.TransportError:
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"kubechat serve did not come up:\n{bot.output()}") from None
-                    time.sleep(0.05)
-            yield bot
+            yield bot.wait_up(timeout)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            bot.stop()
+
+
+class Replicas:
+    """Bot processes started for one test; ``stop`` stops them and checks no secret reached a log."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.started: list[BotProcess] = []
+
+    def start(self, env: Mapping[str, str], count: int) -> list[BotProcess]:
+        bots = [BotProcess(env, self.folder / f"bot{len(self.started) + i}.log") for i in range(count)]
+        self.started.extend(bots)
+        return [b.wait_up() for b in bots]
+
+    def stop(self, secrets: tuple[str, ...]) -> None:
+        for b in self.started:
+            b.stop()
+        logs = "".join(b.output() for b in self.started)
+        for secret in secrets:
+            assert secret not in logs, "a secret reached the bot's log"
