@@ -13,11 +13,13 @@ from typing import Any
 
 import kopf
 from kubernetes import client, config
+from prometheus_client import start_http_server
 
 from kubechat_operator import GROUP, PLURAL, VERSION
 from kubechat_operator.controller import Controller
 from kubechat_operator.kube import Kube
 from kubechat_operator.memo import OperatorMemo
+from kubechat_operator.metrics import OperatorMetrics
 
 MANAGED = {"app.kubernetes.io/managed-by": "kubechat-operator"}
 
@@ -44,8 +46,13 @@ def startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> No
     settings.watching.label_selectors["apps", "v1", "deployments"] = selector
     settings.watching.label_selectors["v1", "services"] = selector
     settings.watching.label_selectors["v1", "configmaps"] = selector
-    kube = Kube(_api_client(memo.config.workers + 4))
+    metrics = OperatorMetrics()
+    kube = Kube(_api_client(memo.config.workers + 4), metrics)
     controller = Controller(kube, memo.config)
+    metrics.watch(controller.statuses, controller.queue.sizes)
+    if memo.metrics_address is not None:
+        host, port = memo.metrics_address
+        memo.metrics_server = start_http_server(port, host, registry=metrics.registry)[0]
     controller.start()
     memo.controller = controller
     if memo.usage_interval > 0:
@@ -61,6 +68,9 @@ def cleanup(memo: OperatorMemo, **_: Any) -> None:
         memo.collector.stop()
     if memo.controller is not None:
         memo.controller.stop()
+    if memo.metrics_server is not None:
+        memo.metrics_server.shutdown()
+        memo.metrics_server.server_close()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -16,6 +16,7 @@ from kubernetes import client
 
 from kubechat_operator import FIELD_MANAGER, GROUP, PLURAL, VERSION
 from kubechat_operator.errors import ApiStatus, OperatorError
+from kubechat_operator.metrics import OperatorMetrics
 
 _PATHS = {
     ("v1", "ConfigMap"): "/api/v1/namespaces/{ns}/configmaps/{name}",
@@ -39,8 +40,9 @@ class ApiError(OperatorError):
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(self, api_client: client.ApiClient, metrics: OperatorMetrics | None = None) -> None:
         self.api = api_client
+        self.metrics = metrics or OperatorMetrics()
 
     def _call(
         self,
@@ -60,10 +62,17 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api.call_api(method, url, header_params=sent_headers, body=payload)
-        raw: bytes = response.read()  # type: ignore[no-untyped-call]
+        try:
+            response = self.api.call_api(method, url, header_params=sent_headers, body=payload)
+            raw: bytes = response.read()  # type: ignore[no-untyped-call]
+        except Exception:
+            self.metrics.api_call(method, path, None, "Unreachable")
+            raise
         if not 200 <= response.status <= 299:
-            raise ApiError(ApiStatus.parse(response.status, raw, response.reason))
+            status = ApiStatus.parse(response.status, raw, response.reason)
+            self.metrics.api_call(method, path, response.status, status.reason)
+            raise ApiError(status)
+        self.metrics.api_call(method, path, response.status, None)
         data: dict[str, Any] = json.loads(raw)
         return data
 

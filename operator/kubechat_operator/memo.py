@@ -8,7 +8,7 @@ watched object, so its fields are references to the one shared configuration and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kubechat_operator.controller import Controller, ControllerConfig
 
@@ -21,8 +21,10 @@ class OperatorMemo:
     config: ControllerConfig = field(default_factory=ControllerConfig)
     namespaces: tuple[str, ...] = ()  # watched namespaces; empty: all
     usage_interval: float = 0.0  # seconds between usage collections; 0: off
+    metrics_address: tuple[str, int] | None = None  # (host, port) of the operator's /metrics; None: off
     controller: Controller | None = None  # made at startup, once the API client is configured
     collector: UsageCollector | None = None
+    metrics_server: Any = None  # the /metrics HTTP server, shut down at cleanup
 
     def running(self) -> Controller:
         if self.controller is None:

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.e2e
 GROUP, VERSION, PLURAL = "kubechat.dev", "v1alpha1", "chatbots"
 BOT_IMAGE = "docker.io/kubechat/chatbot:dev"  # built and imported by the real-node cluster (node_images)
 READY_TIMEOUT = 90.0
+USAGE_INTERVAL = 5  # the smallest the operator accepts
 KEY, ROTATED_KEY = f"sk-e2e-{secrets.token_hex(8)}", f"sk-e2e-rotated-{secrets.token_hex(8)}"
 
 
@@ -48,17 +49,28 @@ def upstream(real_node: RealNode) -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture(scope="module")
-def operator(real_cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def operator(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """The operator as it runs in a cluster: inside the cluster's network, so it reaches pod IPs (it reads
+    each pod's /metrics into status.usage), talking to the API server at its address in there."""
+    real_cluster = real_node.info
     install_crds(real_cluster)
+    inside = real_cluster
+    if real_node.reach.netns is not None:  # this process is outside: the operator gets the inner kubeconfig
+        assert real_cluster.workdir is not None
+        inner = real_cluster.workdir / "kubeconfig"
+        inside = ClusterInfo(inner, json.loads(inner.read_text())["clusters"][0]["cluster"]["server"])
     op = Operator(
-        real_cluster,
+        inside,
         tmp_path_factory.mktemp("operator") / "operator.log",
         "--bot-image",
         BOT_IMAGE,
         "--bot-image-pull-policy",
         "IfNotPresent",
+        "--usage-interval",
+        str(USAGE_INTERVAL),
     )
-    op.start()
+    with network_of(real_node.reach.netns):  # the process is made in there, and stays there
+        op.start()
     try:
         yield op
     finally:
@@ -311,3 +323,57 @@ def test_pods_run_restricted_and_their_logs_hold_no_key(bot: Bot, upstream: Fake
     logs = kubectl(bot.cluster, "logs", "-n", bot.ns, pod.metadata.name).stdout
     assert "settings loaded: model=gpt-4o-mini" in logs
     assert KEY not in logs
+
+
+def test_usage_in_the_status_adds_up_over_three_replicas_and_survives_a_pod_deleted(
+    bot: Bot, upstream: FakeOpenAI
+) -> None:
+    create_key_secret(bot, KEY)
+    bot.apply(upstream, "You are a metered bot.", replicas=3)
+    pod_ips = {p.status.pod_ip for p in bot.wait_ready(3)}
+    start = len(upstream.requests)
+    replies = [chat(bot.url, f"count me {i}") for i in range(30)]
+    assert {seen.client for seen in upstream.requests[start:]} == pod_ips  # all three served some
+
+    def adds_up(replies: list[dict[str, Any]]) -> dict[str, Any]:
+        usage = bot.status().get("usage") or {}
+        tokens_in = sum(r["usage"]["prompt_tokens"] for r in replies)
+        tokens_out = sum(r["usage"]["completion_tokens"] for r in replies)
+        for window in ("total", "lastHour", "last24Hours"):
+            got = usage.get(window) or {}
+            assert (
+                got.get("requests"),
+                got.get("inputTokens"),
+                got.get("outputTokens"),
+                got.get("errors"),
+            ) == (
+                len(replies),
+                tokens_in,
+                tokens_out,
+                0,
+            ), usage
+        return usage
+
+    usage = eventually(
+        lambda: adds_up(replies), timeout=6 * USAGE_INTERVAL, interval=1, what="usage of 3 pods"
+    )
+    assert len(usage["pods"]) == 3 and float(usage["total"]["cost"]) > 0
+
+    victim = bot.ready_pods()[0].metadata.name
+    kubectl(bot.cluster, "delete", "pod", victim, "-n", bot.ns, "--wait=true")
+    bot.wait_ready(3)
+    seen: list[int] = []
+
+    def after_the_pod_went() -> dict[str, Any]:
+        seen.append(int(((bot.status().get("usage") or {}).get("total") or {}).get("requests") or 0))
+        return adds_up(replies + more)
+
+    more = [chat(bot.url, f"after {i}") for i in range(6)]
+    eventually(
+        after_the_pod_went, timeout=6 * USAGE_INTERVAL, interval=1, what="usage after a pod was deleted"
+    )
+    assert min(seen) >= len(replies), seen  # never dropped: the deleted pod's requests stayed counted
+    wide = kubectl(bot.cluster, "get", "chatbot", bot.name, "-n", bot.ns, "-o", "wide").stdout
+    header, row = wide.splitlines()[:2]
+    columns = dict(zip(header.split(), row.split(), strict=False))
+    assert int(columns["TOKENS-24H"]) == bot.status()["usage"]["last24Hours"]["tokens"] > 0
