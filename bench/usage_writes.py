@@ -29,11 +29,13 @@ from pathlib import Path
 from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[1]
+SHARED_TIKTOKEN = REPO.parent / "shared" / "tiktoken"
 sys.path[:0] = [str(REPO), str(REPO / "operator")]
 
 import httpx2  # noqa: E402
 from kubernetes import client, config  # noqa: E402
 
+from chatbot_service.encodings import seed  # noqa: E402
 from localcluster.cluster import LocalCluster  # noqa: E402
 from tests.support.bot_process import bot_environment, kubechat_serve  # noqa: E402
 from tests.support.fake_openai import FakeOpenAI  # noqa: E402
@@ -61,6 +63,10 @@ def operator_value(url: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
 
 
+def usage_writes(url: str) -> float:
+    return operator_value(url, "kubechat_operator_usage_writes_total")
+
+
 def wait_rounds(url: str, rounds: int, timeout: float) -> None:
     """Until the collector has finished ``rounds`` more rounds (its own counter)."""
     target = operator_value(url, "kubechat_operator_usage_rounds_total") + rounds
@@ -71,8 +77,29 @@ def wait_rounds(url: str, rounds: int, timeout: float) -> None:
         time.sleep(0.2)
 
 
+def settle(url: str, quiet: float = 5.0) -> None:
+    """Until the operator's reconciles have not moved for ``quiet`` seconds and its queue is empty."""
+    last, since = -1.0, time.monotonic()
+    while True:
+        now = operator_value(url, "kubechat_operator_reconciles_total")
+        busy = operator_value(url, 'kubechat_operator_queue_depth{state="queued"}') + operator_value(
+            url, 'kubechat_operator_queue_depth{state="processing"}'
+        )
+        if now != last or busy:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.5)
+
+
 def show(title: str, before: Counter[str], after: Counter[str], rounds: int, bots: int) -> None:
-    delta = {k: after[k] - before[k] for k in after if after[k] - before[k] and "events" not in k}
+    # what the operator's requests can be (the controller-manager's own writes are not of interest)
+    ours = ("chatbots", "pods", "configmaps", "services", "deployments", "secrets")
+    delta = {
+        k: after[k] - before[k]
+        for k in after
+        if after[k] - before[k] and k.split(" ", 1)[1].split("/")[0] in ours and not k.startswith("PUT ")
+    }
     print(f"\n{title} ({rounds} round(s))")
     for key, n in sorted(delta.items()):
         print(f"  {key:40} {n:6}  = {n / rounds:8.1f} per round, {n / rounds / bots:6.3f} per bot per round")
@@ -89,6 +116,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
 
+    # The bots' processes read encodings from a seeded cache: they must never download one.
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(seed_encodings())
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {vars(args)}")
     workdir = Path(tempfile.mkdtemp(prefix="kubechat-bench-usage-"))
     cluster = LocalCluster(workdir, tie_to_parent=True, data_parent=workdir)
@@ -144,14 +173,16 @@ def main() -> int:
                 if time.monotonic() > deadline or (operator.proc and operator.proc.poll() is not None):
                     raise SystemExit(f"not every bot got status.usage; see {workdir / 'operator.log'}")
                 time.sleep(1)
+            settle(url)  # the reconciles of the N bots are done: what follows is the collector's alone
             wait_rounds(url, 1, 10 * args.interval)  # the first round's writes are behind us
             print(f"every bot has status.usage; operator log {workdir / 'operator.log'}")
 
-            before = requests(api)
+            before, writes = requests(api), usage_writes(url)
             wait_rounds(url, args.rounds, (args.rounds + 2) * args.interval * 4)
             show("idle: nothing served", before, requests(api), args.rounds, args.bots)
+            print(f"  usage writes, the collector's own count: {usage_writes(url) - writes:.0f}")
 
-            before = requests(api)
+            before, writes = requests(api), usage_writes(url)
             target = operator_value(url, "kubechat_operator_usage_rounds_total") + args.rounds
             while operator_value(url, "kubechat_operator_usage_rounds_total") < target:
                 for proc in procs:  # every pod's counters grow in every interval
@@ -166,11 +197,18 @@ def main() -> int:
                 args.rounds,
                 args.bots,
             )
+            print(f"  usage writes, the collector's own count: {usage_writes(url) - writes:.0f}")
             scrapes = operator_value(url, 'kubechat_operator_usage_scrapes_total{result="failed"}')
             print(f"\nfailed pod reads over the run: {scrapes:.0f}")
     finally:
         cluster.stop()
     return 0
+
+
+def seed_encodings() -> Path:
+    target = Path(tempfile.gettempdir()) / "kubechat-bench-tiktoken"
+    seed(SHARED_TIKTOKEN, target)
+    return target
 
 
 if __name__ == "__main__":
