@@ -160,6 +160,16 @@ def test_usage_adds_up_over_pods_and_survives_one_going(
     assert delta(idle, after_idle, "kubechat_operator_usage_writes_total") == 0
     assert delta(idle, after_idle, "kubechat_operator_usage_scrapes_total", result="ok") >= 3 * 2  # read all
 
+    # The operator restarts: it goes on from what the status says, neither losing nor counting twice.
+    operator = collecting_operator[0]
+    operator.stop()
+    operator.start()
+    eventually(lambda: Scrape(metrics_url), timeout=60, interval=1, what="the restarted operator's /metrics")
+    more_first = [chat(processes[0], "after the restart")]
+    after_restart = replies + more_first  # counted exactly once: a double count would never add up
+    eventually(lambda: adds_up(after_restart), timeout=6 * INTERVAL, interval=1, what="usage after restart")
+    replies += more_first
+
     # A pod goes (its process too): what it served stays counted; the others go on adding.
     core.delete_namespaced_pod(f"{BOT}-stand-in-2", namespace, grace_period_seconds=0)
     processes[2].process.terminate()
