@@ -48,8 +48,7 @@ class UsageCollector:
         self.timeout, self.parallel, self.clock = timeout, parallel, clock
         self.http = urllib3.PoolManager(num_pools=64, maxsize=1, retries=False)
         self.written: dict[BotKey, tuple[str, dict[str, Any]]] = {}  # key -> (bot uid, usage written)
-        self.scrapes = {"ok": 0, "failed": 0}  # read by the operator's metrics
-        self.writes = 0
+        self.metrics = kube.metrics
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -66,14 +65,18 @@ class UsageCollector:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
+            result = "failed"
             try:
                 self.collect()
+                result = "ok"
             except (ApiError, OSError, urllib3.exceptions.HTTPError) as exc:
                 logger.warning(
                     "collecting the bots' usage failed, trying again in %.0f s: %s", self.interval, exc
                 )
             except Exception:  # a bug must not end the collector: log it, go on next interval
                 logger.exception("collecting the bots' usage failed unexpectedly")
+            finally:
+                self.metrics.usage_rounds.labels(result).inc()
 
     def collect(self) -> int:
         """One round for every bot the controller knows; returns how many statuses were written."""
@@ -88,8 +91,8 @@ class UsageCollector:
         readable = [p for key in targets for p in pods.get(key, ()) if p.url]
         with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(readable)))) as pool:
             found = {r.pod_uid: r for r in pool.map(self._read, readable) if r is not None}
-        self.scrapes["ok"] += len(found)
-        self.scrapes["failed"] += len(readable) - len(found)
+        self.metrics.usage_scrapes.labels("ok").inc(len(found))
+        self.metrics.usage_scrapes.labels("failed").inc(len(readable) - len(found))
         now, written = self.clock(), 0
         for key, (uid, seen) in targets.items():
             mine = self.written.get(key)
@@ -106,8 +109,8 @@ class UsageCollector:
                 logger.warning("could not write the usage of %s/%s: %s", *key, exc)
                 continue
             self.written[key] = (uid, usage)
+            self.metrics.usage_writes.inc()
             written += 1
-        self.writes += written
         return written
 
     def _read(self, pod: PodTarget) -> Reading | None:

@@ -162,32 +162,38 @@ class Controller:
         self._threads.clear()
 
     def _work(self) -> None:
+        metrics = self.kube.metrics
         while (key := self.queue.get()) is not None:
+            started, result = time.monotonic(), "unexpected"
             try:
-                self._reconcile_and_requeue(key)
+                result = self._reconcile_and_requeue(key)
             except Exception:  # a bug must not kill the worker: log it and retry the bot later
                 logger.exception("reconciling %s/%s failed unexpectedly", *key)
                 self.queue.retry(key)
             finally:
                 self.queue.done(key)
+                metrics.reconciles.labels(result).inc()
+                metrics.reconcile_duration.observe(time.monotonic() - started)
 
-    def _reconcile_and_requeue(self, key: BotKey) -> None:
+    def _reconcile_and_requeue(self, key: BotKey) -> str:
+        """Reconcile and schedule the next look; returns the result for the metrics."""
         try:
             waiting = self.reconcile(key)
         except NamespaceTerminating:
-            return
+            return "gone"
         except (OperatorError, OSError, urllib3.exceptions.HTTPError) as exc:
             delay = self.queue.retry(key)
             logger.warning("reconciling %s/%s failed, retrying in %.2g s: %s", *key, delay, exc)
-            return
+            return "error"
         if waiting:  # for a Secret: look again, less and less often, until it appears
             self.queue.retry(key)
-            return
+            return "waiting"
         self.queue.forget(key)
         if self.config.resync_seconds > 0:
             jitter = (zlib.crc32(repr(key).encode()) % 1000) / 10000  # 0-10 %, stable per bot
             self.queue.add_after(key, self.config.resync_seconds * (1 + jitter))
         logger.debug("reconciled %s/%s", *key)
+        return "success"
 
     # ---- the reconcile --------------------------------------------------------------------------------
     def reconcile(self, key: BotKey) -> bool:
@@ -341,6 +347,11 @@ class Controller:
                 for key, state in self.bots.items()
                 if not state.deleting
             }
+
+    def statuses(self) -> list[dict[str, Any]]:
+        """Each bot's status as this process last wrote it (for the operator's gauges)."""
+        with self._lock:
+            return [state.written_status for state in self.bots.values() if state.written_status]
 
     def sizes(self) -> dict[str, int]:
         """How much per-bot state is held (tests check it returns to zero once the bots are gone)."""

@@ -15,11 +15,13 @@ from typing import Any
 
 import kopf
 from kubernetes import client, config
+from prometheus_client import start_http_server
 
 from kubechat_operator import GROUP, PLURAL, VERSION
 from kubechat_operator.controller import Controller
 from kubechat_operator.kube import Kube
 from kubechat_operator.memo import OperatorMemo
+from kubechat_operator.metrics import OperatorMetrics
 from kubechat_operator.watch import Watches
 
 #: Every child carries this label; their watches ask the server to send only those.
@@ -61,8 +63,13 @@ def startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> No
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     watches = Watches.count(memo.config.namespaces, memo.watch_bindings)
-    kube = Kube(_api_client(memo.config.workers + 4 + watches))
+    metrics = OperatorMetrics()
+    kube = Kube(_api_client(memo.config.workers + 4 + watches), metrics)
     controller = Controller(kube, memo.config)
+    metrics.watch(controller.statuses, controller.queue.sizes)
+    if memo.metrics_address is not None:
+        host, port = memo.metrics_address
+        memo.metrics_server = start_http_server(port, host, registry=metrics.registry)[0]
     controller.start()
     memo.controller = controller
     memo.watches = Watches(
@@ -84,6 +91,9 @@ def cleanup(memo: OperatorMemo, **_: Any) -> None:
         memo.watches.stop()
     if memo.controller is not None:
         memo.controller.stop()
+    if memo.metrics_server is not None:
+        memo.metrics_server.shutdown()
+        memo.metrics_server.server_close()
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

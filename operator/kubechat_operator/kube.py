@@ -24,6 +24,7 @@ from kubernetes import client
 
 from kubechat_operator import FIELD_MANAGER, GROUP, PLURAL, VERSION
 from kubechat_operator.errors import ApiStatus, OperatorError
+from kubechat_operator.metrics import OperatorMetrics
 
 _PATHS = {
     ("v1", "ConfigMap"): "/api/v1/namespaces/{ns}/configmaps/{name}",
@@ -50,8 +51,9 @@ class ApiError(OperatorError):
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient) -> None:
+    def __init__(self, api_client: client.ApiClient, metrics: OperatorMetrics | None = None) -> None:
         self.api = api_client
+        self.metrics = metrics or OperatorMetrics()
         # the API server's pool itself (through a configured proxy, if any): the pool manager's lookup
         # of it parses and normalises the URL on every request
         host = api_client.configuration.host.rstrip("/")
@@ -87,12 +89,19 @@ class Kube:
         url = self._prefix + path + ("?" + urlencode(query) if query else "")
         sent = {"User-Agent": FIELD_MANAGER, **self._auth_headers(), **(headers or {})}
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
-        response = self._pool.urlopen(
-            method, url, body=payload, headers=sent, timeout=_TIMEOUT, redirect=False
-        )
+        try:
+            response = self._pool.urlopen(
+                method, url, body=payload, headers=sent, timeout=_TIMEOUT, redirect=False
+            )
+        except Exception:
+            self.metrics.api_call(method, path, None, "Unreachable")
+            raise
         raw: bytes = response.data
         if not 200 <= response.status <= 299:
-            raise ApiError(ApiStatus.parse(response.status, raw, response.reason))
+            status = ApiStatus.parse(response.status, raw, response.reason)
+            self.metrics.api_call(method, path, response.status, status.reason)
+            raise ApiError(status)
+        self.metrics.api_call(method, path, response.status, None)
         data: dict[str, Any] = json.loads(raw)
         return data
 

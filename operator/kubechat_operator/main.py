@@ -62,6 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "deleted while no operator ran stays",
     )
     parser.add_argument(
+        "--metrics-address",
+        default=os.environ.get("KUBECHAT_OPERATOR_METRICS_ADDRESS", "none"),
+        help="host:port to serve the operator's Prometheus metrics at /metrics (default 'none': off)",
+    )
+    parser.add_argument(
         "--usage-interval",
         type=float,
         default=float(os.environ.get("KUBECHAT_USAGE_INTERVAL", "0")),
@@ -77,6 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    metrics_address: tuple[str, int] | None = None
+    if args.metrics_address != "none":
+        host, _, port = args.metrics_address.rpartition(":")
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            parser.error(f"--metrics-address must be host:port or 'none', not {args.metrics_address!r}")
+        metrics_address = (host.strip("[]") or "0.0.0.0", int(port))
     if args.usage_interval < 0 or 0 < args.usage_interval < 5:
         parser.error("--usage-interval must be 0 (off) or at least 5 seconds")
 
@@ -100,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         usage_interval=args.usage_interval,
         watch_bindings=args.watch_bindings,
+        metrics_address=metrics_address,
     )
 
     kopf.configure(verbose=args.log_level == "debug", quiet=args.log_level in ("warning", "error"))

@@ -8,7 +8,7 @@ watched object, so its fields are references to the one shared configuration and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kubechat_operator.controller import Controller, ControllerConfig
 from kubechat_operator.watch import Watches
@@ -22,9 +22,11 @@ class OperatorMemo:
     config: ControllerConfig = field(default_factory=ControllerConfig)
     usage_interval: float = 0.0  # seconds between usage collections; 0: off
     watch_bindings: bool = True  # also watch the bots' TokenReview ClusterRoleBindings (cluster-wide)
+    metrics_address: tuple[str, int] | None = None  # (host, port) of the operator's /metrics; None: off
     controller: Controller | None = None  # made at startup, once the API client is configured
     watches: Watches | None = None  # of the children, started with the controller
     collector: UsageCollector | None = None
+    metrics_server: Any = None  # the /metrics HTTP server, shut down at cleanup
 
     def running(self) -> Controller:
         if self.controller is None:

@@ -22,6 +22,7 @@ from tests.support.servers import ThreadedServer
 GROUP, VERSION, PLURAL = "kubechat.dev", "v1alpha1", "chatbots"
 BOT_IMAGE = "docker.io/kubechat/chatbot:dev"  # built and imported by the real-node cluster (node_images)
 READY_TIMEOUT = 90.0
+USAGE_INTERVAL = 5  # the smallest the operator accepts
 KEY, ROTATED_KEY = f"sk-e2e-{secrets.token_hex(8)}", f"sk-e2e-rotated-{secrets.token_hex(8)}"
 
 
@@ -41,17 +42,28 @@ def upstream(real_node: RealNode) -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture(scope="module")
-def operator(real_cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def operator(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """The operator as it runs in a cluster: inside the cluster's network, so it reaches pod IPs (it reads
+    each pod's /metrics into status.usage), talking to the API server at its address in there."""
+    real_cluster = real_node.info
     install_crds(real_cluster)
+    inside = real_cluster
+    if real_node.reach.netns is not None:  # this process is outside: the operator gets the inner kubeconfig
+        assert real_cluster.workdir is not None
+        inner = real_cluster.workdir / "kubeconfig"
+        inside = ClusterInfo(inner, json.loads(inner.read_text())["clusters"][0]["cluster"]["server"])
     op = Operator(
-        real_cluster,
+        inside,
         tmp_path_factory.mktemp("operator") / "operator.log",
         "--bot-image",
         BOT_IMAGE,
         "--bot-image-pull-policy",
         "IfNotPresent",
+        "--usage-interval",
+        str(USAGE_INTERVAL),
     )
-    op.start()
+    with network_of(real_node.reach.netns):  # the process is made in there, and stays there
+        op.start()
     try:
         yield op
     finally:

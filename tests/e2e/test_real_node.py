@@ -13,7 +13,15 @@ import httpx2 as httpx
 import pytest
 
 from tests.cluster.polling import eventually
-from tests.e2e.conftest import KEY, READY_TIMEOUT, ROTATED_KEY, Bot, create_key_secret, pod_ready
+from tests.e2e.conftest import (
+    KEY,
+    READY_TIMEOUT,
+    ROTATED_KEY,
+    USAGE_INTERVAL,
+    Bot,
+    create_key_secret,
+    pod_ready,
+)
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.operator import kubectl
 
@@ -186,3 +194,57 @@ def test_pods_run_restricted_and_their_logs_hold_no_key(bot: Bot, upstream: Fake
     logs = kubectl(bot.cluster, "logs", "-n", bot.ns, pod.metadata.name).stdout
     assert "settings loaded: model=gpt-4o-mini" in logs
     assert KEY not in logs
+
+
+def test_usage_in_the_status_adds_up_over_three_replicas_and_survives_a_pod_deleted(
+    bot: Bot, upstream: FakeOpenAI
+) -> None:
+    create_key_secret(bot, KEY)
+    bot.apply(upstream, "You are a metered bot.", replicas=3)
+    pod_ips = {p.status.pod_ip for p in bot.wait_ready(3)}
+    start = len(upstream.requests)
+    replies = [chat(bot.url, f"count me {i}") for i in range(30)]
+    assert {seen.client for seen in upstream.requests[start:]} == pod_ips  # all three served some
+
+    def adds_up(replies: list[dict[str, Any]]) -> dict[str, Any]:
+        usage = bot.status().get("usage") or {}
+        tokens_in = sum(r["usage"]["prompt_tokens"] for r in replies)
+        tokens_out = sum(r["usage"]["completion_tokens"] for r in replies)
+        for window in ("total", "lastHour", "last24Hours"):
+            got = usage.get(window) or {}
+            assert (
+                got.get("requests"),
+                got.get("inputTokens"),
+                got.get("outputTokens"),
+                got.get("errors"),
+            ) == (
+                len(replies),
+                tokens_in,
+                tokens_out,
+                0,
+            ), usage
+        return usage
+
+    usage = eventually(
+        lambda: adds_up(replies), timeout=6 * USAGE_INTERVAL, interval=1, what="usage of 3 pods"
+    )
+    assert len(usage["pods"]) == 3 and float(usage["total"]["cost"]) > 0
+
+    victim = bot.ready_pods()[0].metadata.name
+    kubectl(bot.cluster, "delete", "pod", victim, "-n", bot.ns, "--wait=true")
+    bot.wait_ready(3)
+    seen: list[int] = []
+
+    def after_the_pod_went() -> dict[str, Any]:
+        seen.append(int(((bot.status().get("usage") or {}).get("total") or {}).get("requests") or 0))
+        return adds_up(replies + more)
+
+    more = [chat(bot.url, f"after {i}") for i in range(6)]
+    eventually(
+        after_the_pod_went, timeout=6 * USAGE_INTERVAL, interval=1, what="usage after a pod was deleted"
+    )
+    assert min(seen) >= len(replies), seen  # never dropped: the deleted pod's requests stayed counted
+    wide = kubectl(bot.cluster, "get", "chatbot", bot.name, "-n", bot.ns, "-o", "wide").stdout
+    header, row = wide.splitlines()[:2]
+    columns = dict(zip(header.split(), row.split(), strict=False))
+    assert int(columns["TOKENS-24H"]) == bot.status()["usage"]["last24Hours"]["tokens"] > 0

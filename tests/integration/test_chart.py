@@ -144,8 +144,18 @@ def test_observability_objects_are_off_by_default_and_target_the_bots_pods(helm:
         "metrics.podMonitor.labels.release=prometheus",
         "metrics.grafanaDashboard.enabled=true",
     )
-    (monitor,) = only(docs, "PodMonitor")
+    monitor = named(docs, "PodMonitor", "kc-kubechat-bots")
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    # The operator's own PodMonitor selects the operator's pods, on the port its container names.
+    own = named(docs, "PodMonitor", "kc-kubechat-operator")
+    (deployment,) = only(docs, "Deployment")
+    template = deployment["spec"]["template"]
+    assert own["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    (own_endpoint,) = own["spec"]["podMetricsEndpoints"]
+    ports = {p["name"]: p["containerPort"] for p in template["spec"]["containers"][0]["ports"]}
+    assert own_endpoint["port"] == "metrics" and f"--metrics-address=0.0.0.0:{ports['metrics']}" in (
+        container_args(docs)
+    )
     # The PodMonitor selects exactly what the operator puts on a bot's pods, on the port it names.
     bot = {"metadata": {"name": "helpdesk", "namespace": "team-a", "uid": "u"}, "spec": {"systemPrompt": "x"}}
     pod = render_bot(bot, OperatorDefaults()).deployment["spec"]["template"]
@@ -183,6 +193,7 @@ def test_defaults_render_a_cluster_wide_restricted_operator(helm: Callable[..., 
         "--log-level=info",
         "--liveness=http://0.0.0.0:8081/healthz",
         "--usage-interval=60",
+        "--metrics-address=0.0.0.0:8082",
     ]
     (deployment,) = only(docs, "Deployment")
     pod = deployment["spec"]["template"]["spec"]
@@ -377,7 +388,8 @@ class ChartOperator:
         # The Deployment's own args; only the liveness port moves off 8081 so parallel runs cannot clash,
         # and no usage collection: kwok's pods have made-up IPs that must never be contacted.
         self.health = f"http://127.0.0.1:{free_ports(1)[0]}/healthz"
-        args = [a for a in container_args(docs) if not a.startswith(("--liveness=", "--usage-interval="))]
+        drop = ("--liveness=", "--usage-interval=", "--metrics-address=")  # a fixed port, as for liveness
+        args = [a for a in container_args(docs) if not a.startswith(drop)]
         self.process = Operator(
             ClusterInfo(self.kubeconfig, cluster.server),
             workdir / "operator.log",

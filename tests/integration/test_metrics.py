@@ -11,11 +11,11 @@ from typing import Any
 import httpx2
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import BotFactory
 from tests.support.fake_openai import FakeOpenAI, Fault
 from tests.support.mounted import write_keys
+from tests.support.scrape import Scrape, delta
 from tests.support.servers import ThreadedServer
 
 Labels = dict[str, str]
@@ -26,29 +26,8 @@ GENAI = {
 }
 
 
-class Scrape:
-    """One scrape of ``/metrics``, parsed by prometheus-client's own parser."""
-
-    def __init__(self, bot: ThreadedServer) -> None:
-        response = httpx2.get(bot.url + "/metrics", timeout=10)
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/plain; version=")
-        self.samples: list[tuple[str, Labels, float]] = [
-            (s.name, dict(s.labels), s.value)
-            for family in text_string_to_metric_families(response.text)
-            for s in family.samples
-        ]
-
-    def value(self, name: str, **labels: str) -> float:
-        """The sum over every series of ``name`` whose labels include ``labels``."""
-        return sum(v for n, ls, v in self.samples if n == name and labels.items() <= ls.items())
-
-    def series(self, name: str) -> list[Labels]:
-        return [ls for n, ls, _ in self.samples if n == name]
-
-
-def delta(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
-    return after.value(name, **labels) - before.value(name, **labels)
+def scrape(bot: ThreadedServer) -> Scrape:
+    return Scrape(bot.url + "/metrics")
 
 
 @pytest.fixture
@@ -64,9 +43,9 @@ def chat(bot: ThreadedServer, message: str, session_id: str | None = None, strea
 
 
 def test_plain_turns_count_once_each_with_the_tokens_the_upstream_reported(bot: ThreadedServer) -> None:
-    before = Scrape(bot)
+    before = scrape(bot)
     replies = [chat(bot, f"question {i}") for i in range(3)]
-    after = Scrape(bot)
+    after = scrape(bot)
     ok = {**GENAI, "error_type": ""}
     assert delta(before, after, "gen_ai_server_request_duration_seconds_count", **ok) == 3
     assert delta(before, after, "gen_ai_client_operation_duration_seconds_count", **ok) == 3
@@ -91,7 +70,7 @@ def test_plain_turns_count_once_each_with_the_tokens_the_upstream_reported(bot: 
 def test_streams_report_time_to_first_token_and_per_output_token(
     bot: ThreadedServer, client: openai.OpenAI
 ) -> None:
-    before = Scrape(bot)
+    before = scrape(bot)
     chat(bot, "a streamed question with several words", stream=True)
     with client.chat.completions.create(
         model="any",
@@ -100,7 +79,7 @@ def test_streams_report_time_to_first_token_and_per_output_token(
         stream_options={"include_usage": True},
     ) as stream:
         usage = [chunk.usage for chunk in stream if chunk.usage][-1]
-    after = Scrape(bot)
+    after = scrape(bot)
     ok = {**GENAI, "error_type": ""}
     assert delta(before, after, "gen_ai_server_request_duration_seconds_count", **ok) == 2
     assert delta(before, after, "gen_ai_server_time_to_first_token_seconds_count", **GENAI) == 2
@@ -111,9 +90,9 @@ def test_streams_report_time_to_first_token_and_per_output_token(
 
 
 def test_v1_plain_counts_the_upstreams_usage(bot: ThreadedServer, client: openai.OpenAI) -> None:
-    before = Scrape(bot)
+    before = scrape(bot)
     reply = client.chat.completions.create(model="any", messages=[{"role": "user", "content": "hi"}])
-    after = Scrape(bot)
+    after = scrape(bot)
     assert reply.usage is not None
     input_tokens = delta(before, after, "gen_ai_client_token_usage_sum", gen_ai_token_type="input")
     assert input_tokens == reply.usage.prompt_tokens
@@ -131,13 +110,13 @@ def test_v1_plain_counts_the_upstreams_usage(bot: ThreadedServer, client: openai
 def test_a_failing_upstream_counts_as_an_error_of_its_kind(
     bot: ThreadedServer, upstream: FakeOpenAI, client: openai.OpenAI, status: int, kind: str, error_type: str
 ) -> None:
-    before = Scrape(bot)
+    before = scrape(bot)
     upstream.fail_next(Fault(status=status))
     assert httpx2.post(bot.url + "/chat", json={"message": "hi"}, timeout=10).status_code >= 400
     upstream.fail_next(Fault(status=status))
     with pytest.raises(openai.APIStatusError):
         client.chat.completions.create(model="any", messages=[{"role": "user", "content": "hi"}])
-    after = Scrape(bot)
+    after = scrape(bot)
     assert delta(before, after, "kubechat_upstream_errors_total", kind=kind) == 2
     assert delta(before, after, "gen_ai_client_operation_duration_seconds_count", error_type=error_type) == 2
     assert delta(before, after, "gen_ai_server_request_duration_seconds_count", error_type=error_type) == 2
@@ -146,10 +125,10 @@ def test_a_failing_upstream_counts_as_an_error_of_its_kind(
 
 
 def test_a_stream_cut_mid_reply_is_an_error_not_a_success(bot: ThreadedServer, upstream: FakeOpenAI) -> None:
-    before = Scrape(bot)
+    before = scrape(bot)
     upstream.fail_next(Fault(break_stream_after=2))
     assert "event: error" in chat(bot, "one two three four five six", stream=True)
-    after = Scrape(bot)
+    after = scrape(bot)
     assert delta(before, after, "gen_ai_server_request_duration_seconds_count", error_type="") == 0
     assert delta(before, after, "gen_ai_server_request_duration_seconds_count") == 1
     assert delta(before, after, "kubechat_upstream_errors_total") == 1
@@ -160,14 +139,14 @@ def test_trimmed_requests_and_dropped_messages(
 ) -> None:
     bot_env |= {"KUBECHAT_MAX_CONTEXT_TOKENS": "300", "KUBECHAT_MAX_REPLY_TOKENS": "100"}
     with start_bot(bot_env) as bot:
-        before = Scrape(bot)
+        before = scrape(bot)
         sid, trimmed, dropped = None, 0, 0
         for i in range(10):
             reply = chat(bot, f"turn {i}: " + "words " * 10, sid)
             sid = reply["session_id"]
             trimmed += reply["truncated"]
             dropped += reply["usage"]["dropped_messages"]
-        after = Scrape(bot)
+        after = scrape(bot)
     assert trimmed > 0
     assert delta(before, after, "kubechat_trimmed_requests_total", route="/chat") == trimmed
     assert delta(before, after, "kubechat_dropped_messages_total", route="/chat") == dropped
@@ -181,7 +160,7 @@ def test_labels_stay_bounded_over_ten_thousand_sessions(bot: ThreadedServer) -> 
         for i in range(50):
             assert http.get(f"/no/such/{i}").status_code == 404
         text = http.get("/metrics").text
-    after = Scrape(bot)
+    after = scrape(bot)
     assert "s9999" not in text and "/no/such" not in text
     routes = {ls["route"] for ls in after.series("kubechat_http_requests_total")}
     assert "/sessions/{session_id}" in routes and "unmatched" in routes
@@ -197,14 +176,14 @@ def test_settings_reloads_and_their_failures(
     (config / "temperature").write_text("0.5")
     bot_env |= {"KUBECHAT_CONFIG_DIR": str(config), "KUBECHAT_RELOAD_INTERVAL": "0.05"}
     with start_bot(bot_env) as bot:
-        start = Scrape(bot)
+        start = scrape(bot)
         (config / "temperature").write_text("hot")  # invalid: the last good settings stay
         deadline = time.monotonic() + 10
-        while Scrape(bot).value("kubechat_settings_reloads_total", result="failed") == 0:
+        while scrape(bot).value("kubechat_settings_reloads_total", result="failed") == 0:
             assert time.monotonic() < deadline, "no failed reload counted"
             time.sleep(0.05)
         (config / "temperature").write_text("0.7")
-        while Scrape(bot).value("kubechat_settings_reloads_total", result="ok") <= start.value(
+        while scrape(bot).value("kubechat_settings_reloads_total", result="ok") <= start.value(
             "kubechat_settings_reloads_total", result="ok"
         ):
             assert time.monotonic() < deadline, "no reload counted"
@@ -222,7 +201,7 @@ def test_usage_by_identity_and_refusals_by_reason(
         "KUBECHAT_LIMITS": '{"perIdentity": {"requestsPerMinute": 2}}',
     }
     with start_bot(bot_env) as bot:
-        before = Scrape(bot)
+        before = scrape(bot)
         replies = []
         for key in ("kc-team-a-1f2e3d4c5b6a", "kc-team-a-1f2e3d4c5b6a", "kc-team-b-6a5b4c3d2e1f"):
             answer = httpx2.post(
@@ -241,7 +220,7 @@ def test_usage_by_identity_and_refusals_by_reason(
         )
         assert third.status_code == 429
         assert httpx2.post(bot.url + "/chat", json={"message": "hi"}, timeout=10).status_code == 401
-        after = Scrape(bot)
+        after = scrape(bot)
         text = httpx2.get(bot.url + "/metrics", timeout=10).text
     team_a = sum(r["usage"]["prompt_tokens"] for r in replies[:2])
     assert (

@@ -9,14 +9,12 @@ contacted) are not among them; the stand-ins name the bot as their controller, s
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from typing import Any, cast
 
 import httpx2 as httpx
 import pytest
-from kubechat_operator.render import labels
 from kubernetes import client
 
 from chatbot_service.prices import DEFAULT_TABLE
@@ -24,7 +22,9 @@ from localcluster.cluster import ClusterInfo
 from tests.cluster.polling import eventually
 from tests.support.bot_process import BotProcess, bot_environment, kubechat_serve
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.operator import Operator, install_crds, kubectl
+from tests.support.operator import Operator, install_crds, kubectl, metered_operator
+from tests.support.scrape import Scrape, delta
+from tests.support.stand_in import create_stand_in
 
 pytestmark = pytest.mark.cluster
 
@@ -34,23 +34,21 @@ BOT = "metered"
 
 
 @pytest.fixture(scope="module")
-def collecting_operator(cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def collecting_operator(
+    cluster: ClusterInfo, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Operator, str]]:
+    """The operator reading usage every INTERVAL, and the URL of its own /metrics."""
     install_crds(cluster)
-    op = Operator(
-        cluster, tmp_path_factory.mktemp("operator") / "operator.log", "--usage-interval", str(INTERVAL)
-    )
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    with metered_operator(cluster, log, "--usage-interval", str(INTERVAL)) as running:
+        yield running
 
 
 @pytest.fixture
 def processes(upstream: FakeOpenAI) -> Iterator[list[BotProcess]]:
     with ExitStack() as stack:
         env = bot_environment(upstream, api_key="sk-test-4f8a1c2e9b7d")
-        yield [stack.enter_context(kubechat_serve(env)) for _ in range(3)]
+        yield [stack.enter_context(kubechat_serve(env, timeout=120)) for _ in range(3)]  # a busy machine
 
 
 class Stand:
@@ -66,47 +64,8 @@ class Stand:
         return cast(dict[str, Any], (self.bot().get("status") or {}).get("usage") or {})
 
     def pod_for(self, index: int, process: BotProcess, owner_uid: str) -> None:
-        """A Pod object for ``process``, as the bot's Deployment and a kubelet would have made it."""
         port = int(process.url.rsplit(":", 1)[1])
-        name = f"{BOT}-stand-in-{index}"
-        body: dict[str, Any] = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "labels": labels(BOT),
-                "ownerReferences": [
-                    {
-                        "apiVersion": f"{GROUP}/{VERSION}",
-                        "kind": "ChatBot",
-                        "name": BOT,
-                        "uid": owner_uid,
-                        "controller": True,
-                    }
-                ],
-            },
-            "spec": {
-                "schedulerName": "nobody",  # never bound to a node: nothing but this test writes its status
-                "containers": [
-                    {
-                        "name": "chatbot",
-                        "image": "kubechat/chatbot:test",
-                        "ports": [{"name": "http", "containerPort": port, "protocol": "TCP"}],
-                    }
-                ],
-            },
-        }
-        self.core.create_namespaced_pod(self.ns, body)  # type: ignore[arg-type]  # the client takes dicts
-        status = {
-            "phase": "Running",
-            "podIP": "127.0.0.1",
-            "podIPs": [{"ip": "127.0.0.1"}],
-            "conditions": [
-                {"type": "Ready", "status": "True"},
-                {"type": "ContainersReady", "status": "True"},
-            ],
-        }
-        self.core.patch_namespaced_pod_status(name, self.ns, {"status": status})
+        create_stand_in(self.core, self.ns, f"{BOT}-stand-in-{index}", BOT, owner_uid, port)
 
 
 def chat(process: BotProcess, message: str) -> dict[str, Any]:
@@ -118,7 +77,7 @@ def chat(process: BotProcess, message: str) -> dict[str, Any]:
 def test_usage_adds_up_over_pods_and_survives_one_going(
     kube_api: Any,
     namespace: str,
-    collecting_operator: Operator,
+    collecting_operator: tuple[Operator, str],
     processes: list[BotProcess],
     cluster: ClusterInfo,
 ) -> None:
@@ -185,10 +144,31 @@ def test_usage_adds_up_over_pods_and_survives_one_going(
         and columns["COST-24H"] == first["last24Hours"]["cost"]
     )
 
-    # Idle: two more rounds, and the status is not written again.
+    # Idle: two more rounds of the collector (its own metrics say so), and the status is not written again.
+    metrics_url = collecting_operator[1]
     version = stand.bot()["metadata"]["resourceVersion"]
-    time.sleep(2.5 * INTERVAL)
+    idle = Scrape(metrics_url)
+    rounds = idle.value("kubechat_operator_usage_rounds_total", result="ok")
+    eventually(
+        lambda: _at_least(Scrape(metrics_url).value("kubechat_operator_usage_rounds_total"), rounds + 2),
+        timeout=4 * INTERVAL,
+        interval=1,
+        what="two more collector rounds",
+    )
     assert stand.bot()["metadata"]["resourceVersion"] == version
+    after_idle = Scrape(metrics_url)
+    assert delta(idle, after_idle, "kubechat_operator_usage_writes_total") == 0
+    assert delta(idle, after_idle, "kubechat_operator_usage_scrapes_total", result="ok") >= 3 * 2  # read all
+
+    # The operator restarts: it goes on from what the status says, neither losing nor counting twice.
+    operator = collecting_operator[0]
+    operator.stop()
+    operator.start()
+    eventually(lambda: Scrape(metrics_url), timeout=60, interval=1, what="the restarted operator's /metrics")
+    more_first = [chat(processes[0], "after the restart")]
+    after_restart = replies + more_first  # counted exactly once: a double count would never add up
+    eventually(lambda: adds_up(after_restart), timeout=6 * INTERVAL, interval=1, what="usage after restart")
+    replies += more_first
 
     # A pod goes (its process too): what it served stays counted; the others go on adding.
     core.delete_namespaced_pod(f"{BOT}-stand-in-2", namespace, grace_period_seconds=0)
@@ -198,3 +178,7 @@ def test_usage_adds_up_over_pods_and_survives_one_going(
         lambda: adds_up(replies + more), timeout=4 * INTERVAL, interval=1, what="usage after a pod went"
     )
     assert len(after["pods"]) == 2  # the gone pod's entry was removed, its counts kept in the totals
+
+
+def _at_least(value: float, floor: float) -> None:
+    assert value >= floor, (value, floor)

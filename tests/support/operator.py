@@ -6,12 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
 from localcluster.cluster import ClusterInfo
 from tests.cluster.polling import eventually
+from tests.support.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
@@ -71,6 +74,24 @@ class Operator:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+@contextmanager
+def metered_operator(cluster: ClusterInfo, log: Path, *args: str) -> Iterator[tuple[Operator, str]]:
+    """The operator serving its own /metrics on a free loopback port: yields it and that URL, once up."""
+    import httpx2
+
+    port = free_port()
+    op = Operator(cluster, log, *args, "--metrics-address", f"127.0.0.1:{port}")
+    op.start()
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        eventually(
+            lambda: httpx2.get(url, timeout=2).raise_for_status(), timeout=60, what="operator /metrics"
+        )
+        yield op, url
+    finally:
+        op.stop()
 
 
 def install_crds(cluster: ClusterInfo, folder: Path = CRDS) -> None:
