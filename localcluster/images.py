@@ -128,8 +128,8 @@ def build_image(
     dockerfile = IMAGES / f"{kind}.Dockerfile"
     ignorefile = dockerfile.with_name(dockerfile.name + ".dockerignore")
     reference = f"docker.io/kubechat/{kind}:{tag}"
+    seed_encodings(REPO)  # first: without the encodings nothing else is worth fetching
     wheels = wheelhouse(kind)
-    seed_encodings(REPO)
     context = tree_digest(REPO, [REPO / name for name in (*CONTEXT, str(ENCODINGS_CONTEXT))])
     build_args = {
         "PYTHON_IMAGE": base_reference(base_rootfs()),
