@@ -57,7 +57,9 @@ test: lint node-deps test-deps  ## lint, type-check and run every test (the clus
 LOCALCLUSTER := $(PYTHON) -m localcluster
 NODE ?= kwok
 # What a real node needs from Debian (nothing of it is started by installing it: no systemd here).
-NODE_PACKAGES := containerd runc containernetworking-plugins iptables mmdebstrap iproute2
+NODE_PACKAGES := containerd runc containernetworking-plugins iptables iproute2
+# What builds its images (localcluster/images.py): mmdebstrap makes the Debian base, buildah runs the Dockerfiles.
+IMAGE_PACKAGES := buildah mmdebstrap
 
 # $(call debian,WHO,PACKAGES,APT FLAGS): install the Debian packages of PACKAGES that are missing (as root),
 # or say in one line what to install. Installing them starts nothing (no systemd here).
@@ -68,7 +70,7 @@ debian = missing=""; for p in $(2); do dpkg -s $$p >/dev/null 2>&1 || missing="$
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(3) $$missing >/dev/null
 
 node-deps:
-	@$(call debian,the real node's tools,$(NODE_PACKAGES),--no-install-recommends)
+	@$(call debian,the real node and its images,$(NODE_PACKAGES) $(IMAGE_PACKAGES),--no-install-recommends)
 
 # What the tests run for real: Redis (session stores, shared limits), Chromium (the chat page, driven by
 # Playwright from PyPI: its own browser download cannot work here and is never called), Prometheus (the
@@ -78,8 +80,8 @@ TEST_PACKAGES := redis-server chromium prometheus lua5.1
 test-deps:
 	@$(call debian,the tests,$(TEST_PACKAGES),)
 
-cluster-up: $(if $(filter real,$(NODE)),setup node-deps)
-	$(if $(filter real,$(NODE)),$(BIN)/python,$(PYTHON)) -m localcluster up --node $(NODE)
+cluster-up: $(if $(filter real,$(NODE)),node-deps)
+	$(LOCALCLUSTER) up --node $(NODE)
 
 cluster-down:
 	$(LOCALCLUSTER) down
@@ -89,8 +91,9 @@ cluster-shell:  ## a shell where the cluster is (inside a real node's namespace)
 
 # Everything end to end on this machine: real node, images built here, operator from the Helm chart, a bot
 # answering through its Service (backed by a local echo server: no internet needed). `make demo-down` undoes it.
-demo: setup node-deps
-	$(BIN)/python -m localcluster demo up
+# No venv needed: the images are built by buildah from the Dockerfiles, the rest is the standard library.
+demo: node-deps
+	$(LOCALCLUSTER) demo up
 
 demo-down:
 	$(PYTHON) -m localcluster demo down

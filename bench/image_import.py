@@ -12,9 +12,12 @@ and ctr. Run on a shared machine, so read the ratios, not the seconds:
 from __future__ import annotations
 
 import argparse
+import gzip
+import json
 import shutil
 import statistics
 import subprocess
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +41,31 @@ def one_round(archives: list[Path]) -> dict[Path, float]:
     return times
 
 
+def unpacked_bytes(archive: Path) -> int:
+    """What the layers hold once decompressed (the bytes containerd writes), summed over the manifest."""
+    total = 0
+    with tarfile.open(archive) as outer:
+        index = json.loads(_read(outer, "index.json"))
+        manifest = json.loads(_read(outer, _blob(index["manifests"][0]["digest"])))
+        for layer in manifest["layers"]:
+            member = outer.extractfile(_blob(layer["digest"]))
+            assert member is not None
+            stream = gzip.GzipFile(fileobj=member) if layer["mediaType"].endswith("+gzip") else member
+            while chunk := stream.read(1 << 20):
+                total += len(chunk)
+    return total
+
+
+def _blob(digest: str) -> str:
+    return "blobs/sha256/" + digest.removeprefix("sha256:")
+
+
+def _read(tar: tarfile.TarFile, name: str) -> bytes:
+    member = tar.extractfile(name)
+    assert member is not None, name
+    return member.read()
+
+
 def main() -> None:
     raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
@@ -52,9 +80,10 @@ def main() -> None:
     anchor = statistics.median(results[args.archives[0]])
     for archive, times in results.items():
         median = statistics.median(times)
-        size = archive.stat().st_size / 1e6
+        size, unpacked = archive.stat().st_size / 1e6, unpacked_bytes(archive) / 1e6
         print(
-            f"{archive.name:32} {size:7.1f} MB  median {median:6.2f} s  ({median / anchor:4.2f}x the first)  "
+            f"{archive.name:32} {size:7.1f} MB ({unpacked:6.1f} MB unpacked)  median {median:6.2f} s  "
+            f"({median / anchor:4.2f}x the first)  "
             f"rounds: {', '.join(f'{t:.2f}' for t in times)}"
         )
 

@@ -6,16 +6,26 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
+# A reproducible build passes SOURCE_DATE_EPOCH (pip's wheel timestamps come from it); an offline or
+# air-gapped one passes pip's own settings, e.g. PIP_NO_INDEX=1 PIP_FIND_LINKS=/mnt with a wheelhouse there.
+ARG SOURCE_DATE_EPOCH
+ARG PIP_INDEX_URL
+ARG PIP_NO_INDEX
+ARG PIP_FIND_LINKS
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY chatbot_service/ chatbot_service/
 COPY operator/ operator/
-# The wheel, then a venv with it and its dependencies, installed by the builder's pip so the venv
-# carries no pip (all dependencies ship wheels: no compiler needed).
+# The wheel, then a venv with it and the chat service's dependencies (its `service` extra: no kopf),
+# installed by the builder's pip so the venv carries no pip (all dependencies ship wheels: no compiler).
+# The .pyc are compiled once, hash-based: valid on a read-only root whatever the files' mtimes (a
+# reproducible build fixes them all).
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
     && python -m venv --without-pip /opt/kubechat \
-    && python -m pip --python /opt/kubechat/bin/python install /wheels/kubechat-*.whl
+    && set -- /wheels/kubechat-*.whl \
+    && python -m pip --python /opt/kubechat/bin/python install --no-compile "$1[service]" \
+    && /opt/kubechat/bin/python -m compileall -q -j0 --invalidation-mode unchecked-hash /opt/kubechat/lib
 
 FROM ${PYTHON_IMAGE}
 ARG VERSION=0.1.0
@@ -27,6 +37,8 @@ LABEL org.opencontainers.image.title="kubechat-chatbot" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0"
+# SOURCE_DATE_EPOCH, when given, is the accounts' "last changed" date (useradd reads it).
+ARG SOURCE_DATE_EPOCH
 # uid 10001, numeric in USER so that runAsNonRoot can check it; the operator's pods run as it too.
 RUN groupadd --system --gid 10001 kubechat \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

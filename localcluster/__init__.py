@@ -2,6 +2,6 @@
 
 Built here from pinned Go modules (build.py) into one shared cache (cache.py): etcd, the control plane and
 either kwok's fake nodes or one real node (containerd, kubelet, kube-proxy) in a network namespace of its
-own (node.py), the images its pods run (ocibuild.py), and `make demo` (demo.py). Standard library only, so
-`python3 -m localcluster` (cli.py) runs before anything is pip-installed. Not part of the kubechat wheel.
+own (node.py), the images its pods run (images.py, buildah.py), and `make demo` (demo.py). Standard library
+only, so `python3 -m localcluster` (cli.py) runs before anything is pip-installed. Not part of the wheel.
 """

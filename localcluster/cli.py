@@ -9,15 +9,13 @@ Every failure is one line on stderr (what failed, what to do) and a non-zero exi
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from localcluster import build, node, ocibuild
+from localcluster import build, images, node
 from localcluster.cluster import DEFAULT_DIR, LocalCluster, cluster_dir
 from localcluster.components import is_running, rss_kib
 from localcluster.errors import LocalClusterError
@@ -133,16 +131,13 @@ def cmd_pin_k8s(args: argparse.Namespace) -> int:
 
 
 def cmd_images(args: argparse.Namespace) -> int:
-    if args.images_command == "spec":
-        print(json.dumps(dataclasses.asdict(ocibuild.dockerfile_spec(args.dockerfile)), indent=2))
-        return 0
-    kinds = [*ocibuild.DOCKERFILES, "pause"] if args.image == "all" else [args.image]
+    kinds = [*images.KINDS, "pause"] if args.image == "all" else [args.image]
     for kind in kinds:
         started = time.monotonic()
         archive = (
-            ocibuild.build_pause(args.out)
+            images.build_pause(args.out, args.force)
             if kind == "pause"
-            else ocibuild.build_image(kind, args.out, args.tag)
+            else images.build_image(kind, args.out, args.tag, args.force)
         )
         print(f"{archive.reference}  {archive.path}  {time.monotonic() - started:.1f}s", flush=True)
     return 0
@@ -190,13 +185,12 @@ def parser() -> argparse.ArgumentParser:
     p_pin.add_argument("version", help="e.g. v1.36.4")
     p_pin.set_defaults(func=cmd_pin_k8s)
     p_images = sub.add_parser("images", help="the chat service, operator and pause images (OCI archives)")
-    images = p_images.add_subparsers(dest="images_command", required=True)
-    p_ibuild = images.add_parser("build", help="build OCI archives (cached by their inputs)")
-    p_ibuild.add_argument("image", choices=[*ocibuild.DOCKERFILES, "pause", "all"])
+    images_commands = p_images.add_subparsers(dest="images_command", required=True)
+    p_ibuild = images_commands.add_parser("build", help="build OCI archives (cached by their inputs)")
+    p_ibuild.add_argument("image", choices=[*images.KINDS, "pause", "all"])
     p_ibuild.add_argument("--tag", default="dev", help="tag of the chatbot and operator images")
     p_ibuild.add_argument("--out", type=Path, help="where the archives go (default: the cache)")
-    p_spec = images.add_parser("spec", help="print the image config parsed from a Dockerfile")
-    p_spec.add_argument("dockerfile", type=Path)
+    p_ibuild.add_argument("--force", action="store_true", help="build even when the cache holds it")
     p_images.set_defaults(func=cmd_images)
     p_demo = sub.add_parser("demo", help="kubechat end to end on a real node (`make demo`), or remove it")
     p_demo.add_argument("demo_command", choices=("up", "down"))

@@ -414,11 +414,8 @@ def prepare(
 
 
 def node_images() -> list[Path]:
-    """The images a real node needs, built (or taken from the cache) by images/ocibuild.py: the sandbox
+    """The images a real node needs, built (or taken from the cache) by localcluster/images.py: the sandbox
     (pause) image, the chat service (every bot's pods) and the operator."""
-    from localcluster import ocibuild
+    from localcluster import images
 
-    return [
-        ocibuild.build_pause().path,
-        *(ocibuild.build_image(kind).path for kind in ("chatbot", "operator")),
-    ]
+    return [images.build_pause().path, *(images.build_image(kind).path for kind in images.KINDS)]

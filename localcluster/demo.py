@@ -6,7 +6,8 @@ CRD and the Helm chart (the operator runs in a pod from the locally built image)
 OpenAI-compatible echo server on the node IP, applies the `helpdesk` bot, waits until it is Ready, asks it a
 question through its Service and prints the answer and how to go on. `down` removes all of it.
 
-Standard library only; run with the project's venv python (the image build uses its pip).
+Standard library only: a plain python3 runs it, before any venv exists (buildah and the images' own pip
+build the images).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from localcluster import node, ocibuild
+from localcluster import images, node
 from localcluster.cluster import LocalCluster
 from localcluster.components import is_running
 from tests.cluster.polling import eventually
@@ -73,7 +73,7 @@ def small_node(tmp_path: Path) -> Iterator[SmallNode]:
     before = host_view()
     cluster = LocalCluster(
         tmp_path / "cluster", tie_to_parent=True, data_parent=tmp_path, real_node=True,
-        images=[ocibuild.build_pause().path], timeout=180,
+        images=[images.build_pause().path], timeout=180,
     )  # fmt: skip
     cluster.start()
     try:

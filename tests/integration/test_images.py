@@ -147,14 +147,12 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root"), **extra}
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
-    """The builder stage on this machine: its COPYs into a context copy, then its RUN line, verbatim but
-    for the absolute paths (mapped into a temp dir) and `python` (the interpreter running the tests)."""
-    root = tmp_path_factory.mktemp("image")
+def build_stage(kind: str, root: Path) -> tuple[Path, Path]:
+    """The builder stage of images/<kind>.Dockerfile on this machine: its COPYs into a context copy, then
+    its RUN line, verbatim but for the absolute paths (mapped into `root`) and `python` (the interpreter
+    running the tests). Returns the wheel and the venv."""
     workdir = root / "src"
-    instructions = parse(DOCKERFILES["chatbot"])
-    assert builder_run(DOCKERFILES["chatbot"]) == builder_run(DOCKERFILES["operator"])
+    instructions = parse(DOCKERFILES[kind])
     for copy in (i for i in instructions if i.stage == 0 and i.keyword == "COPY"):
         *sources, dest = copy.args.split()
         for source in sources:
@@ -164,7 +162,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
             else:
                 target.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(origin, target / origin.name)
-    command = builder_run(DOCKERFILES["chatbot"])
+    command = builder_run(DOCKERFILES[kind])
     command = command.replace(WHEELS, str(root / "wheels")).replace(VENV, str(root / "opt-kubechat"))
     command = re.sub(r"(^|&& )python ", rf"\g<1>{shlex.quote(sys.executable)} ", command)
     # The one difference from the image: a pip cache kept between runs (the image keeps none).
@@ -177,10 +175,23 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     done = subprocess.run(["bash", "-c", command], cwd=workdir, env=env, capture_output=True, text=True)
     assert done.returncode == 0, f"{command}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     (wheel,) = (root / "wheels").glob("kubechat-*.whl")
+    return wheel, root / "opt-kubechat"
 
+
+def test_the_builder_stages_differ_only_in_the_extra() -> None:
+    """One recipe for both images; each installs the wheel with its own dependencies."""
+    chatbot, operator = (builder_run(DOCKERFILES[kind]) for kind in ("chatbot", "operator"))
+    assert '"$1[service]"' in chatbot and chatbot.replace("[service]", "[operator]") == operator
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The chatbot image's builder stage, then the documented seeding step and the encodings' COPY."""
+    root = tmp_path_factory.mktemp("image")
+    wheel, venv = build_stage("chatbot", root)
+    instructions = parse(DOCKERFILES["chatbot"])
     # The documented seeding step, with the venv's own kubechat, into the build context; then the COPY.
     seeded = root / "context" / "images" / "tiktoken"
-    venv = root / "opt-kubechat"
     subprocess.run(
         [
             str(venv / "bin" / "kubechat"),
@@ -199,7 +210,15 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
     assert source == "images/tiktoken/" and env_of(instructions)["TIKTOKEN_CACHE_DIR"] == dest.rstrip("/")
     tiktoken = root / "opt-kubechat-tiktoken"
     shutil.copytree(root / "context" / source, tiktoken)
-    return Built(workdir, wheel, venv, tiktoken)
+    return Built(root / "src", wheel, venv, tiktoken)
+
+
+@pytest.fixture(scope="module")
+def built_operator(tmp_path_factory: pytest.TempPathFactory) -> Built:
+    """The operator image's builder stage: its venv holds the operator's extra only."""
+    root = tmp_path_factory.mktemp("operator-image")
+    wheel, venv = build_stage("operator", root)
+    return Built(root / "src", wheel, venv, root / "no-tiktoken")
 
 
 def test_the_wheel_carries_the_page_the_types_and_both_commands(built: Built) -> None:
@@ -272,9 +291,13 @@ def test_kubechat_serve_from_the_venv_answers_offline(
     assert sorted(p.name for p in built.tiktoken.iterdir()) == before
 
 
-def test_kubechat_operator_help(built: Built) -> None:
+def test_kubechat_operator_help(built_operator: Built) -> None:
     done = subprocess.run(
-        [built.bin("kubechat-operator"), "--help"], env=clean_env(), cwd="/", capture_output=True, text=True
+        [built_operator.bin("kubechat-operator"), "--help"],
+        env=clean_env(),
+        cwd="/",
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr
     for flag in ("--all-namespaces", "--namespace", "--bot-image", "--liveness", "--peering", "--log-level"):
@@ -283,14 +306,14 @@ def test_kubechat_operator_help(built: Built) -> None:
 
 @pytest.mark.cluster
 def test_the_installed_operator_serves_a_bot_and_stops_cleanly_on_sigterm(
-    built: Built, cluster: ClusterInfo, kube_api: Any, namespace: str, tmp_path: Path
+    built_operator: Built, cluster: ClusterInfo, kube_api: Any, namespace: str, tmp_path: Path
 ) -> None:
     install_crds(cluster)
     health = f"http://127.0.0.1:{free_port()}/healthz"
     log = tmp_path / "operator.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [built.bin("kubechat-operator"), f"--namespace={namespace}", f"--liveness={health}"],
+            [built_operator.bin("kubechat-operator"), f"--namespace={namespace}", f"--liveness={health}"],
             env=clean_env(KUBECONFIG=str(cluster.kubeconfig)),
             cwd="/",
             stdout=out,
