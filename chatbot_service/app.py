@@ -118,6 +118,7 @@ def create_app(
             source.start(on_loaded=holder.reload)
         if holder.current is not None:  # load the tokenizer now, not on the first user's request (~0.3 s)
             get_encoding(holder.current.model_info.encoding)
+            upstream.api(holder.current)  # and the provider's client (``import openai``: ~1 s)
         release_freed()
         reloader = asyncio.create_task(holder.supervise(reload_interval))
         try:
