@@ -464,11 +464,18 @@ def test_a_keyless_azure_bot_answers_through_its_service(
         "-",
         stdin=json.dumps(_workload_identity_injection(bot, azure)),
     )
-    bot.wait_ready(1)
+
+    def injected_pod_ready() -> None:
+        # until the rollout is over: the pod from before the injection is ready too, but has no identity
+        pods = bot.wait_ready(1)
+        env = {e.name for e in pods[0].spec.containers[0].env or ()}
+        assert "AZURE_FEDERATED_TOKEN_FILE" in env, sorted(env)
+
+    eventually(injected_pod_ready, timeout=READY_TIMEOUT, interval=1, what="the injected pod ready")
     answer = chat(bot.url, "Hello from the node")
     assert answer["reply"] == "2 messages; last: Hello from the node"
     # the pod's own service-account token was exchanged, once, for a Cognitive Services token
-    assert azure.subjects == [f"system:serviceaccount:{bot.ns}:azurebot-wi"]
+    assert set(azure.subjects) == {f"system:serviceaccount:{bot.ns}:azurebot-wi"}
     calls = azure.data_plane.calls
     assert [c.status for c in calls] == [200] and calls[0].path == "/openai/v1/chat/completions"
     assert calls[0].headers["authorization"] == f"Bearer {azure.identity.issued_for(SCOPE_COGNITIVE)[0]}"
