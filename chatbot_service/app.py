@@ -108,6 +108,10 @@ def create_app(
     holder.reload()
     stores = Stores(store_budget(memory_limit(env)), metrics)
     upstream = Upstream()
+    if holder.current is not None:
+        # the provider's client (``import openai``: ~1 s) now, as the app is built, not on the first
+        # request; nor in the lifespan, where it would delay the server's start
+        upstream.api(holder.current)
     guard = Guard(stores)
     service = ChatService(holder, stores, upstream, observer, guard)
     reload_interval = float(env.get("KUBECHAT_RELOAD_INTERVAL", "5"))

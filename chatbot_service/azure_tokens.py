@@ -104,13 +104,10 @@ class CachedToken:
         try:
             token = await asyncio.to_thread(self._request)
         except Exception as exc:
-            from chatbot_service.azure_errors import describe
-
+            why = _describe(exc)
             if self._token is not None and self._token.expires_on > self._clock():
-                log.warning(
-                    "refreshing the Entra ID token failed (%s); keeping the current one", describe(exc)
-                )
-            raise TokenFetchError(f"no Microsoft Entra ID token for {self.scope}: {describe(exc)}") from None
+                log.warning("refreshing the Entra ID token failed (%s); keeping the current one", why)
+            raise TokenFetchError(f"no Microsoft Entra ID token for {self.scope}: {why}") from None
         finally:
             self._fetch = None
         if self._token is None or token.value != self._token.value:
@@ -146,3 +143,16 @@ class CachedToken:
         if self._credential is not None:
             self._credential.close()
             self._credential = None
+
+
+def _describe(exc: Exception) -> str:
+    """One line about a failed token request. azure-identity puts the cause (Entra ID's AADSTS error)
+    on the lines after the first, so its whole message is kept, on one line; it holds no token."""
+    from azure.core.exceptions import ClientAuthenticationError
+
+    from chatbot_service.azure_errors import describe
+
+    if isinstance(exc, ClientAuthenticationError):
+        text = " ".join(str(exc.message or exc).split())
+        return text if len(text) <= 600 else text[:597] + "..."
+    return describe(exc)

@@ -7,23 +7,31 @@ server listening on the node IP inside the namespace, so the tests see exactly w
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any, cast
 
 import httpx2 as httpx
 import pytest
+from kubernetes import client
 
+from localcluster.node import NODE_IP, network_of
 from tests.cluster.polling import eventually
+from tests.cluster.pytest_plugin import RealNode
 from tests.e2e.conftest import (
+    GROUP,
     KEY,
     READY_TIMEOUT,
     ROTATED_KEY,
     USAGE_INTERVAL,
+    VERSION,
     Bot,
     create_key_secret,
     pod_ready,
 )
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.operator import kubectl
+from tests.support.operator import Operator, kubectl
+from tests.support.servers import ThreadedServer
 
 pytestmark = pytest.mark.e2e
 
@@ -248,3 +256,175 @@ def test_usage_in_the_status_adds_up_over_three_replicas_and_survives_a_pod_dele
     header, row = wide.splitlines()[:2]
     columns = dict(zip(header.split(), row.split(), strict=False))
     assert int(columns["TOKENS-24H"]) == bot.status()["usage"]["last24Hours"]["tokens"] > 0
+
+
+# -- keyless Azure OpenAI: the pod's projected service-account token exchanged for an Entra ID token --
+
+AZURE_AUDIENCE = "api://AzureADTokenExchange"
+TOKEN_DIR = "/var/run/secrets/azure/tokens"
+
+
+@pytest.fixture
+def azure_on_node(real_node: RealNode, real_kube_api: Any, tmp_path: Any) -> Iterator[Any]:
+    """Entra ID's token endpoint and an Azure OpenAI data plane on the node IP, behind a CONNECT proxy
+    there that routes their real names; the token endpoint takes a client assertion only if it is a
+    service-account token the API server issued for Azure's audience (TokenReview)."""
+    from types import SimpleNamespace
+
+    from tests.support.fake_azure.identity import FakeIdentity
+    from tests.support.fake_azure.network import ConnectProxy
+    from tests.support.fake_azure.openai_data_plane import FakeAzureOpenAI
+    from tests.support.fake_azure.tls import TestCA
+    from tests.support.fake_azure.world import CLIENT_ID, DEPLOYMENT, LOGIN_HOST, OPENAI_HOST, TENANT
+
+    ca = TestCA(tmp_path)
+    identity = FakeIdentity(tenant_id=TENANT, client_id=CLIENT_ID, federated_token="unused")
+    subjects: list[str] = []
+    auth = client.AuthenticationV1Api(real_kube_api)
+
+    def exchange(assertion: str) -> bool:
+        review = client.V1TokenReview(
+            spec=client.V1TokenReviewSpec(token=assertion, audiences=[AZURE_AUDIENCE])
+        )
+        status = auth.create_token_review(review).status
+        if status.authenticated:
+            subjects.append(str(status.user.username))
+        return bool(status.authenticated)
+
+    identity.accepts = exchange
+    data_plane = FakeAzureOpenAI(identity, {DEPLOYMENT})
+    with network_of(real_node.reach.netns):
+        login = ThreadedServer(identity.app, host=NODE_IP, **ca.server_cert(LOGIN_HOST))
+        aoai = ThreadedServer(data_plane.app, host=NODE_IP, **ca.server_cert(OPENAI_HOST))
+        proxy = ConnectProxy({LOGIN_HOST: login.port, OPENAI_HOST: aoai.port}, host=NODE_IP).start()
+    login.start()
+    aoai.start()
+    try:
+        yield SimpleNamespace(
+            ca=ca,
+            identity=identity,
+            data_plane=data_plane,
+            proxy=proxy,
+            subjects=subjects,
+            deployment=DEPLOYMENT,
+        )
+    finally:
+        proxy.stop()
+        aoai.stop()
+        login.stop()
+
+
+def _workload_identity_injection(bot: Bot, azure: Any) -> dict[str, Any]:
+    """What the Azure workload identity webhook adds to a labelled pod (no webhook runs here), applied
+    to the bot's Deployment by a field manager of its own, plus the proxy and the test CA."""
+    env = {
+        "AZURE_CLIENT_ID": azure.identity.client_id,
+        "AZURE_TENANT_ID": azure.identity.tenant_id,
+        "AZURE_FEDERATED_TOKEN_FILE": f"{TOKEN_DIR}/azure-identity-token",
+        "AZURE_AUTHORITY_HOST": "https://login.microsoftonline.com/",
+        "HTTPS_PROXY": azure.proxy.url,
+        "SSL_CERT_FILE": "/etc/test-ca/ca.pem",
+        "REQUESTS_CA_BUNDLE": "/etc/test-ca/ca.pem",
+    }
+    token = {
+        "serviceAccountToken": {
+            "audience": AZURE_AUDIENCE,
+            "expirationSeconds": 3600,
+            "path": "azure-identity-token",
+        }
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": bot.name, "namespace": bot.ns},
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "bot",
+                            "env": [{"name": k, "value": v} for k, v in env.items()],
+                            "volumeMounts": [
+                                {"name": "azure-identity-token", "mountPath": TOKEN_DIR, "readOnly": True},
+                                {"name": "test-ca", "mountPath": "/etc/test-ca", "readOnly": True},
+                            ],
+                        }
+                    ],
+                    "volumes": [
+                        {"name": "azure-identity-token", "projected": {"sources": [token]}},
+                        {"name": "test-ca", "configMap": {"name": "test-ca"}},
+                    ],
+                }
+            }
+        },
+    }
+
+
+def test_a_keyless_azure_bot_answers_through_its_service(
+    real_node: RealNode, real_kube_api: Any, real_namespace: str, operator: Operator, azure_on_node: Any
+) -> None:
+    azure = azure_on_node
+    bot = Bot(real_node, real_kube_api, real_namespace, "azurebot")
+    bot.core.create_namespaced_config_map(
+        bot.ns,
+        client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="test-ca"), data={"ca.pem": azure.ca.ca_file.read_text()}
+        ),
+    )
+    bot.core.create_namespaced_service_account(
+        bot.ns,
+        client.V1ServiceAccount(
+            metadata=client.V1ObjectMeta(
+                name="azurebot-wi",
+                annotations={"azure.workload.identity/client-id": azure.identity.client_id},
+            )
+        ),
+    )
+    manifest = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ChatBot",
+        "metadata": {"name": bot.name, "namespace": bot.ns},
+        "spec": {
+            "systemPrompt": "You are a keyless bot.",
+            "model": "gpt-4o-mini",
+            "serviceAccountName": "azurebot-wi",
+            "azureOpenAI": {
+                "endpoint": "https://kubechat-test.openai.azure.com",
+                "deployment": azure.deployment,
+            },
+        },
+    }
+    kubectl(bot.cluster, "apply", "-f", "-", stdin=json.dumps(manifest))
+    eventually(
+        lambda: bot.core.read_namespaced_config_map(f"{bot.name}-config", bot.ns),
+        timeout=30,
+        what="the operator rendered the bot",
+    )
+    kubectl(
+        bot.cluster,
+        "apply",
+        "--server-side",
+        "--field-manager=workload-identity-webhook-stand-in",
+        "-f",
+        "-",
+        stdin=json.dumps(_workload_identity_injection(bot, azure)),
+    )
+
+    def injected_pod_ready() -> None:
+        # until the rollout is over: the pod from before the injection is ready too, but has no identity
+        pods = bot.wait_ready(1)
+        env = {e.name for e in pods[0].spec.containers[0].env or ()}
+        assert "AZURE_FEDERATED_TOKEN_FILE" in env, sorted(env)
+
+    eventually(injected_pod_ready, timeout=READY_TIMEOUT, interval=1, what="the injected pod ready")
+    answer = chat(bot.url, "Hello from the node")
+    assert answer["reply"] == "2 messages; last: Hello from the node"
+    # the pod's own service-account token was exchanged, once, for a Cognitive Services token
+    assert set(azure.subjects) == {f"system:serviceaccount:{bot.ns}:azurebot-wi"}
+    calls = azure.data_plane.calls
+    assert [c.status for c in calls] == [200] and calls[0].path == "/openai/v1/chat/completions"
+    assert calls[0].headers["authorization"] == f"Bearer {azure.identity.issued_for(SCOPE_COGNITIVE)[0]}"
+    assert set(azure.proxy.tunnels) == {"login.microsoftonline.com", "kubechat-test.openai.azure.com"}
+
+
+SCOPE_COGNITIVE = "https://cognitiveservices.azure.com/.default"

@@ -203,3 +203,23 @@ def test_metrics_name_the_azure_provider(azure: AzureWorld, start_bot: BotFactor
         text = httpx2.get(bot.url + "/metrics", timeout=10).text
     assert 'gen_ai_provider_name="azure.ai.openai"' in text
     assert 'gen_ai_provider_name="openai"' not in text
+
+
+def test_no_entra_token_at_all_is_a_clear_error_and_a_readiness_reason(
+    azure: AzureWorld, start_bot: BotFactory
+) -> None:
+    """A federated credential that does not match (Entra ID refuses the assertion): no request reaches
+    Azure OpenAI, and the reason names the scope, Entra ID's answer and the client id."""
+    azure.identity.accepts = lambda assertion: False
+    with start_bot(azure_env(azure)) as bot:
+        refused = chat(bot, "Hello")
+        report = httpx2.get(bot.url + "/readyz", timeout=10)
+    assert refused.status_code == 502, refused.text
+    message = refused.json()["error"]["message"]
+    assert "no Microsoft Entra ID token for https://cognitiveservices.azure.com/.default" in message
+    assert "AADSTS700213" in message
+    assert report.status_code == 503
+    reason = next(p for p in report.json()["problems"] if "Entra ID" in p)
+    assert azure.identity.client_id in reason
+    assert azure.openai.calls == []
+    assert azure.identity.federated_token not in refused.text + report.text

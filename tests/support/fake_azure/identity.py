@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qs
 
@@ -33,6 +34,9 @@ class FakeIdentity:
         self.tenant_id = tenant_id
         self.client_id = client_id
         self.federated_token = federated_token
+        #: How a client assertion is checked: by default, it must be ``federated_token``; on a real
+        #: node, a projected service-account token checked by TokenReview (as Entra ID checks the issuer).
+        self.accepts: Callable[[str], bool] = lambda assertion: assertion == self.federated_token
         self.url = ""  # the authority host, https://127.0.0.1:<port>, set by whoever serves it
         self.issued: dict[str, Issued] = {}
         self.scopes_requested: list[str] = []
@@ -66,7 +70,7 @@ class FakeIdentity:
             return _error(400, "invalid_request", f"AADSTS90002: Tenant '{tenant}' not found.")
         if form.get("grant_type") != "client_credentials" or form.get("client_id") != self.client_id:
             return _error(400, "unauthorized_client", "AADSTS700016: application not found in the directory.")
-        assertion_ok = form.get("client_assertion") == self.federated_token
+        assertion_ok = self.accepts(form.get("client_assertion", ""))
         if form.get("client_assertion_type") != ASSERTION_TYPE or not assertion_ok:
             return _error(401, "invalid_client", "AADSTS700213: no matching federated identity record found.")
         scope = form.get("scope", "")

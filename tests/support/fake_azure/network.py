@@ -60,8 +60,9 @@ class ConnectProxy:
     """``HTTPS_PROXY`` for tests: ``CONNECT <name>:443`` tunnels to ``127.0.0.1:<routes[name]>``; any
     other name gets 403, so nothing leaves the machine. TLS stays end to end (client and local server)."""
 
-    def __init__(self, routes: dict[str, int]) -> None:
+    def __init__(self, routes: dict[str, int], host: str = "127.0.0.1") -> None:
         self.routes = routes
+        self.host = host  # where it listens, and where the local servers are
         self.tunnels: list[str] = []
         self.refused: list[str] = []
         self.url = ""
@@ -81,13 +82,18 @@ class ConnectProxy:
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        server = self._loop.run_until_complete(asyncio.start_server(self._handle, self.host, 0))
+        self.url = f"http://{self.host}:{server.sockets[0].getsockname()[1]}"
         self._ready.set()
         try:
             self._loop.run_forever()
         finally:
             server.close()
+            # tunnels a client keeps open (a pod's keep-alive connections) end here, not after the close
+            tasks = asyncio.all_tasks(self._loop)
+            for task in tasks:
+                task.cancel()
+            self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
             self._loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -101,7 +107,7 @@ class ConnectProxy:
                 await writer.drain()
                 return
             self.tunnels.append(host)
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.routes[host])
+            up_reader, up_writer = await asyncio.open_connection(self.host, self.routes[host])
             writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             await writer.drain()
             await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
