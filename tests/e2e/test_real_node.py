@@ -30,7 +30,7 @@ from tests.e2e.conftest import (
     pod_ready,
 )
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.operator import Operator, kubectl
+from tests.support.operator import Operator, kubectl, table_row
 from tests.support.servers import ThreadedServer
 
 pytestmark = pytest.mark.e2e
@@ -253,8 +253,7 @@ def test_usage_in_the_status_adds_up_over_three_replicas_and_survives_a_pod_dele
     )
     assert min(seen) >= len(replies), seen  # never dropped: the deleted pod's requests stayed counted
     wide = kubectl(bot.cluster, "get", "chatbot", bot.name, "-n", bot.ns, "-o", "wide").stdout
-    header, row = wide.splitlines()[:2]
-    columns = dict(zip(header.split(), row.split(), strict=False))
+    columns = table_row(wide)
     assert int(columns["TOKENS-24H"]) == bot.status()["usage"]["last24Hours"]["tokens"] > 0
 
 

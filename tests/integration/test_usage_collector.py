@@ -22,7 +22,7 @@ from localcluster.cluster import ClusterInfo
 from tests.cluster.polling import eventually
 from tests.support.bot_process import BotProcess, bot_environment, kubechat_serve
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.operator import Operator, install_crds, kubectl, metered_operator
+from tests.support.operator import Operator, install_crds, kubectl, metered_operator, table_row
 from tests.support.scrape import Scrape, delta
 from tests.support.stand_in import create_stand_in
 
@@ -137,8 +137,7 @@ def test_usage_adds_up_over_pods_and_survives_one_going(
 
     # Shown where Kubernetes users look: `kubectl get -o wide` has the 24 h tokens and cost.
     wide = kubectl(cluster, "get", "chatbot", BOT, "-n", namespace, "-o", "wide").stdout
-    header, row = wide.splitlines()[:2]
-    columns = dict(zip(header.split(), row.split(), strict=False))
+    columns = table_row(wide)
     assert (
         columns["TOKENS-24H"] == str(first["last24Hours"]["tokens"])
         and columns["COST-24H"] == first["last24Hours"]["cost"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,16 @@ from tests.support.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
+
+
+def table_row(output: str) -> dict[str, str]:
+    """The first row of a kubectl table by its header's column positions (an empty cell stays a column:
+    splitting on blanks would shift every column after it)."""
+    header, row = output.splitlines()[:2]
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    names = header.split()
+    ends = [*starts[1:], None]
+    return {name: row[a:b].strip() for name, a, b in zip(names, starts, ends, strict=True)}
 
 
 def kubectl(
