@@ -25,7 +25,6 @@ import asyncio
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,11 +32,12 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TIKTOKEN = REPO.parent / "shared" / "tiktoken"
-sys.path[:0] = [str(REPO)]
+KUBECHAT = str(Path(sys.executable).with_name("kubechat"))  # this venv's CLI seeds the encodings
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 import httpx2  # noqa: E402
+from service_overhead import seed_tiktoken  # noqa: E402
 
-from chatbot_service.encodings import seed  # noqa: E402
 from chatbot_service.metrics import Metrics  # noqa: E402
 from chatbot_service.middleware import HttpMetrics  # noqa: E402
 from chatbot_service.observe import Observer  # noqa: E402
@@ -122,7 +122,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     # The bots' processes read encodings from a seeded cache: they must never download one.
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(seed_encodings())
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(seed_tiktoken(KUBECHAT, SHARED_TIKTOKEN))
     load = os.getloadavg()
     print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; machine shared; {vars(args)}")
     fake = FakeOpenAI()
@@ -161,12 +161,6 @@ def main() -> int:
         print(f"| {mode} | {cpu:.0f} | {instr:.1f} | {more:.2f} % | {p50:.3f} | {share:.2f} % |")
     print(f"\none /metrics scrape: {scrape_us:.0f} µs CPU in the service (paid per scrape, e.g. every 30 s)")
     return 0
-
-
-def seed_encodings() -> Path:
-    target = Path(tempfile.gettempdir()) / "kubechat-bench-tiktoken"
-    seed(SHARED_TIKTOKEN, target)
-    return target
 
 
 if __name__ == "__main__":

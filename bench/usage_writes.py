@@ -30,12 +30,13 @@ from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_TIKTOKEN = REPO.parent / "shared" / "tiktoken"
-sys.path[:0] = [str(REPO), str(REPO / "operator")]
+KUBECHAT = str(Path(sys.executable).with_name("kubechat"))  # this venv's CLI seeds the encodings
+sys.path[:0] = [str(REPO), str(REPO / "operator"), str(REPO / "bench")]
 
 import httpx2  # noqa: E402
 from kubernetes import client, config  # noqa: E402
+from service_overhead import seed_tiktoken  # noqa: E402
 
-from chatbot_service.encodings import seed  # noqa: E402
 from localcluster.cluster import LocalCluster  # noqa: E402
 from tests.support.bot_process import bot_environment, kubechat_serve  # noqa: E402
 from tests.support.fake_openai import FakeOpenAI  # noqa: E402
@@ -117,7 +118,7 @@ def main() -> int:
     args = parser.parse_args()
 
     # The bots' processes read encodings from a seeded cache: they must never download one.
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(seed_encodings())
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(seed_tiktoken(KUBECHAT, SHARED_TIKTOKEN))
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}; {vars(args)}")
     workdir = Path(tempfile.mkdtemp(prefix="kubechat-bench-usage-"))
     cluster = LocalCluster(workdir, tie_to_parent=True, data_parent=workdir)
@@ -203,12 +204,6 @@ def main() -> int:
     finally:
         cluster.stop()
     return 0
-
-
-def seed_encodings() -> Path:
-    target = Path(tempfile.gettempdir()) / "kubechat-bench-tiktoken"
-    seed(SHARED_TIKTOKEN, target)
-    return target
 
 
 if __name__ == "__main__":
