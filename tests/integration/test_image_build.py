@@ -252,11 +252,12 @@ def test_the_venv_holds_what_pip_resolved_for_the_wheel(images: dict[str, Image]
 
 
 OWN = {
-    "chatbot": {"fastapi", "uvicorn", "tiktoken", "openai", "redis", "kubernetes", "azure-identity"},
+    "chatbot": {"fastapi", "uvicorn", "tiktoken", "openai", "redis", "httpx2", "pyyaml", "azure-identity"},
     "operator": {"kopf", "kubernetes"},
 }
 OTHERS = {  # what each image must not carry: the other's own dependencies
-    "chatbot": {"kopf", "iso8601", "python-json-logger"},  # (aiohttp stays: kubernetes requires it)
+    # the kubernetes client too: the chat service's one TokenReview goes over httpx2 (kubeclient.py)
+    "chatbot": {"kopf", "iso8601", "python-json-logger", "kubernetes", "aiohttp"},
     "operator": {"fastapi", "uvicorn", "tiktoken", "openai", "redis", "azure-identity", "cryptography"},
 }
 # Every module of each side, imported in the image that holds only that side's extra: a module importing
@@ -277,6 +278,15 @@ def test_every_module_imports_with_only_its_own_extra(
     done = in_image(images[kind], "python", "-c", EVERY_MODULE.format(package=package))
     assert done.returncode == 0, done.stderr
     assert int(done.stdout) > 5
+
+
+def test_the_chatbot_image_cannot_import_the_kubernetes_client(images: dict[str, Image]) -> None:
+    """Not only absent from the distributions pip lists: not importable from anywhere on the image's path."""
+    found = "import importlib.util as u; print([n for n in ('kubernetes', 'kopf') if u.find_spec(n)])"
+    done = in_image(images["chatbot"], "python", "-c", found)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert in_image(images["operator"], "python", "-c", found).stdout.strip() == "['kubernetes', 'kopf']"
 
 
 # ---- the images in use -------------------------------------------------------------------------------------

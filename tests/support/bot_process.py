@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -39,14 +39,18 @@ def bot_environment(upstream: FakeOpenAI, api_key: str = API_KEY, **settings: st
 class BotProcess:
     """One ``kubechat serve`` process on a free port, its output appended to ``log``; stopped by PID."""
 
-    def __init__(self, env: Mapping[str, str], log: Path) -> None:
+    def __init__(self, env: Mapping[str, str], log: Path, wrapper: Sequence[str] = ()) -> None:
+        """``wrapper`` execs the command it is given last (e.g. into a mount namespace), keeping its PID."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
         argv = [sys.executable, "-m", "chatbot_service.cli", "serve", "--host", "127.0.0.1", "--port"]
         with log.open("ab") as sink:
             self.process = subprocess.Popen(
-                [*argv, str(self.port)], env={**os.environ, **env}, stdout=sink, stderr=subprocess.STDOUT
+                [*wrapper, *argv, str(self.port)],
+                env={**os.environ, **env},
+                stdout=sink,
+                stderr=subprocess.STDOUT,
             )
 
     def output(self) -> str:
