@@ -90,7 +90,9 @@ class Store:
         self.run(argv, f"buildah bud {dockerfile.name}", network=False)
 
     def push_archive(self, reference: str, archive: Path) -> None:
-        """The image as an OCI archive with uncompressed layers (import unpacks them without gunzip)."""
+        """The image as an OCI archive. Its layers are gzip despite ``--disable-compression``: the oci
+        destination keeps them uncompressed only with ``OCIAcceptUncompressedLayers``, which buildah 1.28's
+        push evidently leaves unset (docs/local-cluster.md)."""
         destination = f"oci-archive:{archive}:{reference}"
         self.run(["push", "--quiet", "--disable-compression", reference, destination], "buildah push")
 
