@@ -6,7 +6,6 @@ benchmark itself imports is counted (run: ``python bench/memory_parts.py``).
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 MODEL = "gpt-4o-mini"  # o200k_base, as for every current OpenAI model
