@@ -109,8 +109,8 @@ def create_app(
     stores = Stores(store_budget(memory_limit(env)), metrics)
     upstream = Upstream()
     if holder.current is not None:
-        # the provider's client (``import openai``: ~1 s) now, as the app is built, not on the first
-        # request; nor in the lifespan, where it would delay the server's start
+        # the provider and its HTTP client (its SSL context loads the CA bundle) now, as the app is
+        # built, not on the first request; nor in the lifespan, where it would delay the server's start
         upstream.api(holder.current)
     guard = Guard(stores)
     service = ChatService(holder, stores, upstream, observer, guard)

@@ -1,6 +1,6 @@
 """``kubechat``: serve a bot over HTTP, or chat with it in the terminal.
 
-Heavy imports (FastAPI, openai, tiktoken) happen inside the subcommands, so ``--help`` and
+Heavy imports (FastAPI, httpx2, tiktoken) happen inside the subcommands, so ``--help`` and
 argument errors answer at once.
 """
 
@@ -42,9 +42,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(host: str, port: int, log_level: str) -> int:
-    # openai imports aiohttp whenever it is installed, for a transport the bot never uses; it is installed
-    # only because the operator (kopf) shares this package. Not importing it keeps 9 MiB out of every bot.
-    sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]
     import uvicorn
 
     from chatbot_service.app import create_app

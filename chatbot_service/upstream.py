@@ -17,8 +17,8 @@ from typing import Any, Protocol
 from chatbot_service.settings import Settings
 from chatbot_service.sse import StreamEvent
 
-#: provider setting -> (module, class, ``gen_ai.provider.name``); imported on first use (``openai``
-#: alone costs ~1 s).
+#: provider setting -> (module, class, ``gen_ai.provider.name``); imported on first use: a bot
+#: loads only its own provider's code.
 _PROVIDERS = {
     "openai": ("chatbot_service.upstream_openai", "OpenAIChat", "openai"),
     "azure": ("chatbot_service.upstream_azure", "AzureOpenAIChat", "azure.ai.openai"),

@@ -17,21 +17,18 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-import openai
-
 from chatbot_service.azure_tokens import CachedToken, TokenFetchError
 from chatbot_service.errors import UpstreamError
 from chatbot_service.settings import Settings
 from chatbot_service.upstream import ModelAPI, Reply
-from chatbot_service.upstream_openai import ChatCompletionsAPI, map_error, rate_limit_headers, redact
+from chatbot_service.upstream_errors import Refusal, map_refusal, rate_limit_headers, redact
+from chatbot_service.upstream_openai import ChatCompletionsAPI
 
 SCOPE = "https://cognitiveservices.azure.com/.default"
 ROLE = "Cognitive Services OpenAI User"
 #: How long a rejected identity keeps the bot unready without a call proving otherwise: the pod comes
 #: back into its Service after it, so a fixed role assignment is noticed without a restart.
 PROBLEM_SECONDS = 60.0
-#: The client is made with this; every request replaces it with its own auth header.
-_PLACEHOLDER = "kubechat-azure-auth-per-request"
 
 
 class AzureOpenAIChat(ChatCompletionsAPI):
@@ -48,28 +45,19 @@ class AzureOpenAIChat(ChatCompletionsAPI):
             return f"{endpoint}/openai/v1"
         return f"{endpoint}/openai/deployments/{settings.azure_openai_deployment}"
 
-    def client_key(self, settings: Settings) -> str:
-        return _PLACEHOLDER
+    def query(self, settings: Settings) -> dict[str, str]:
+        version = settings.azure_openai_api_version
+        return {} if version == "v1" else {"api-version": version}
 
-    async def request_options(self, settings: Settings) -> dict[str, Any]:
-        params = (
-            {}
-            if settings.azure_openai_api_version == "v1"
-            else {"api-version": settings.azure_openai_api_version}
-        )
+    async def auth_headers(self, settings: Settings) -> dict[str, str]:
         if settings.azure_openai_api_key is not None:
-            headers: dict[str, Any] = {
-                "api-key": settings.azure_openai_api_key.reveal(),
-                "Authorization": openai.Omit(),
-            }
-        else:
-            try:
-                token = await self.tokens.get()
-            except TokenFetchError as exc:
-                self._report(f"{exc} (client id {client_id()})")
-                raise UpstreamError(502, "upstream_auth_failed", f"Azure OpenAI: {exc}") from None
-            headers = {"Authorization": f"Bearer {token}"}
-        return {"headers": headers, "params": params}
+            return {"api-key": settings.azure_openai_api_key.reveal()}
+        try:
+            token = await self.tokens.get()
+        except TokenFetchError as exc:
+            self._report(f"{exc} (client id {client_id()})")
+            raise UpstreamError(502, "upstream_auth_failed", f"Azure OpenAI: {exc}") from None
+        return {"Authorization": f"Bearer {token}"}
 
     def body(self, settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
         # v1 routes by the body's model; the classic path by its URL (and ignores the model).
@@ -85,27 +73,25 @@ class AzureOpenAIChat(ChatCompletionsAPI):
             raise content_filtered("the reply", _filtered_categories(reply.body.get("choices", [{}])[0]))
         return reply
 
-    def map_error(self, exc: openai.APIError, settings: Settings) -> UpstreamError:
-        if not isinstance(exc, openai.APIStatusError):
-            return super().map_error(exc, settings)
-        error = exc.body if isinstance(exc.body, dict) else {}
-        code = str(error.get("code") or "")
-        message = redact(str(error.get("message") or ""), self.secrets(settings))[:300]
-        if exc.status_code in (401, 403):
+    def map_refusal(self, refusal: Refusal, settings: Settings) -> UpstreamError:
+        code = refusal.code
+        message = redact(refusal.message, self.secrets(settings))[:300]
+        status = refusal.status
+        if status in (401, 403):
             if settings.azure_openai_api_key is not None:
                 return UpstreamError(
                     502,
                     "upstream_auth_failed",
-                    f"Azure OpenAI rejected this bot's api-key (HTTP {exc.status_code}); fix or rotate it",
+                    f"Azure OpenAI rejected this bot's api-key (HTTP {status}); fix or rotate it",
                 )
             reason = (
-                f"Azure OpenAI refused this bot's identity (client id {client_id()}, HTTP {exc.status_code}"
+                f"Azure OpenAI refused this bot's identity (client id {client_id()}, HTTP {status}"
                 f"{', ' + code if code else ''}): give it the '{ROLE}' role on the Azure OpenAI resource"
             )
             self._report(reason)
             return UpstreamError(502, "upstream_auth_failed", reason)
-        if exc.status_code == 429:
-            headers = rate_limit_headers(exc.response.headers)
+        if status == 429:
+            headers = rate_limit_headers(refusal.headers)
             return UpstreamError(
                 429,
                 "upstream_rate_limited",
@@ -113,16 +99,16 @@ class AzureOpenAIChat(ChatCompletionsAPI):
                 f"{headers['Retry-After']} s{': ' + message if message else ''}",
                 headers=headers,
             )
-        if exc.status_code == 400 and code == "content_filter":
-            inner = error.get("innererror") if isinstance(error.get("innererror"), dict) else {}
-            return content_filtered("the prompt", _filtered_categories(inner or {}))
-        if exc.status_code == 404 and code == "DeploymentNotFound":
+        if status == 400 and code == "content_filter":
+            inner = refusal.error.get("innererror")
+            return content_filtered("the prompt", _filtered_categories(inner))
+        if status == 404 and code == "DeploymentNotFound":
             return UpstreamError(
                 502,
                 "upstream_not_found",
                 f"Azure OpenAI has no deployment {settings.azure_openai_deployment!r} at this endpoint",
             )
-        return map_error(exc, settings, self.secrets(settings))
+        return map_refusal(refusal, settings, self.secrets(settings))
 
     def _report(self, reason: str) -> None:
         self._problem = (reason, time.monotonic())

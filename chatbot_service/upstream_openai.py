@@ -1,10 +1,11 @@
-"""The Chat Completions wire protocol through the official ``openai`` async client, and OpenAI itself.
-Edge: network I/O.
+"""The Chat Completions wire protocol over ``httpx2``, and OpenAI itself. Edge: network I/O.
 
-Responses are read raw (``cast_to=httpx2.Response``): the client still does base URL, timeouts and
-error classes, but we skip building pydantic objects we would only serialise again; retries are ours,
-under one deadline per call (``with_deadline``). Every failure leaves here as an ``UpstreamError``
-whose HTTP status tells the client what happened; no message carries a key or a token.
+One POST per turn, its JSON answer or its SSE stream, is all the service asks of a model API: the
+retries and the one deadline per call are ours (``_send``), the SSE framing is ours (``sse``), the error
+mapping by status is ours (``upstream_errors``). So no SDK sits here: the ``openai`` package added
+~10 MiB of idle RSS (measured side by side) and ~1 s of import to every bot, to build a request we build
+in a line and to parse answers into objects we would only serialise again (docs/architecture.md). Every
+failure leaves here as an ``UpstreamError``; no message carries a key or a token.
 
 ``ChatCompletionsAPI`` is what every provider speaking this protocol shares; a provider says where
 requests go, how they authenticate and how its own errors read (``upstream_azure``).
@@ -13,26 +14,32 @@ requests go, how they authenticate and how its own errors read (``upstream_azure
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
-import random
-import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any
 
 import httpx2
-import openai
 
+from chatbot_service import __version__
 from chatbot_service.errors import ChatError, UpstreamError
 from chatbot_service.settings import Settings
 from chatbot_service.sse import CompletionStream, StreamEvent
 from chatbot_service.upstream import ModelAPI, Reply
-
-T = TypeVar("T")
+from chatbot_service.upstream_errors import (
+    Refusal,
+    backoff,
+    broke_mid_reply,
+    map_refusal,
+    retry_after,
+    timed_out,
+    unreachable,
+)
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-_RETRIED_STATUSES = frozenset({408, 409, 429})
+#: The OpenAI SDK's pool: many turns in flight share few connections, kept alive between turns.
+LIMITS = httpx2.Limits(max_connections=1000, max_keepalive_connections=100)
+USER_AGENT = f"kubechat/{__version__}"
 
 
 class ChatStream:
@@ -56,40 +63,36 @@ class ChatStream:
             if last:
                 yield last
         except httpx2.HTTPError as exc:
-            raise map_transport_error(exc) from None
+            raise broke_mid_reply(isinstance(exc, httpx2.TimeoutException)) from None
 
 
 class ChatCompletionsAPI:
-    """One client per (base URL, timeout, key); a change makes a new one.
+    """One HTTP client for the process's life: one pool of kept-alive connections and one TLS context
+    (2.5 MiB each), whatever the settings' reloads change; proxies and CAs come from the environment
+    (``HTTPS_PROXY``, ``SSL_CERT_FILE``: httpx2's ``trust_env``).
 
-    The SDK's own retries are off: it would sleep whatever ``Retry-After`` says on every retry, each
-    attempt with a full timeout (3 x 60 s for a hung upstream). Here one deadline, ``request_timeout``,
-    covers a whole call with all its retries; no sleep is longer than the time left, and a 429 asking
-    for more than that is returned at once with its ``Retry-After``.
-
-    The replaced client is not closed here: calls still in flight on it finish, then it is collected.
+    Retries: one deadline, ``request_timeout``, covers a whole call with all its retries; no sleep is
+    longer than the time left, and a 429 asking for more than that is returned at once with its
+    ``Retry-After``.
     """
 
     name = "openai"
     path = "/chat/completions"
 
     def __init__(self) -> None:
-        self._key: tuple[str, str, float] | None = None
-        self._client: openai.AsyncOpenAI | None = None
+        self._client = httpx2.AsyncClient(limits=LIMITS, follow_redirects=True)
 
     # -- what a provider says -------------------------------------------------------------
 
     def base_url(self, settings: Settings) -> str:
         return settings.openai_base_url or DEFAULT_BASE_URL
 
-    def client_key(self, settings: Settings) -> str:
-        """The key the client is made with (a provider sending its own auth headers passes a
-        placeholder the headers replace)."""
+    async def auth_headers(self, settings: Settings) -> dict[str, str]:
+        """The request's credentials (where a provider puts a fresh token)."""
         assert settings.openai_api_key is not None
-        return settings.openai_api_key.reveal()
+        return {"Authorization": f"Bearer {settings.openai_api_key.reveal()}"}
 
-    async def request_options(self, settings: Settings) -> dict[str, Any]:
-        """Per-request options (``headers``, ``params``): where a provider puts a fresh token."""
+    def query(self, settings: Settings) -> dict[str, str]:
         return {}
 
     def body(self, settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
@@ -99,8 +102,8 @@ class ChatCompletionsAPI:
         """Values redacted from any upstream text passed on."""
         return [settings.openai_api_key.reveal()] if settings.openai_api_key else []
 
-    def map_error(self, exc: openai.APIError, settings: Settings) -> UpstreamError:
-        return map_error(exc, settings, self.secrets(settings))
+    def map_refusal(self, refusal: Refusal, settings: Settings) -> UpstreamError:
+        return map_refusal(refusal, settings, self.secrets(settings))
 
     def problem(self) -> str | None:
         return None
@@ -110,17 +113,8 @@ class ChatCompletionsAPI:
 
     # -- the protocol -----------------------------------------------------------------------
 
-    def client(self, settings: Settings) -> openai.AsyncOpenAI:
-        key = (self.client_key(settings), self.base_url(settings), settings.request_timeout)
-        if self._client is None or key != self._key:
-            self._client = openai.AsyncOpenAI(api_key=key[0], base_url=key[1], timeout=key[2], max_retries=0)
-            self._key = key
-        return self._client
-
     async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        await self._client.aclose()
 
     async def complete(self, settings: Settings, params: dict[str, Any]) -> Reply:
         body = completion_body(await self.complete_raw(settings, params))
@@ -133,129 +127,84 @@ class ChatCompletionsAPI:
 
     async def complete_raw(self, settings: Settings, params: dict[str, Any]) -> bytes:
         """One non-streamed completion, the body bytes as they came (for pass-through), once they are
-        known to be a completion: a 200 carrying an HTML page is a bad gateway.
-
-        ``client.post`` keeps the client's base URL and error classes, and skips the SDK's per-message
-        type transform of ``create()``, which cost 0.18 ms a message for nothing we need."""
-        client = self.client(settings)
-        body = self.body(settings, params)
-
-        async def attempt(left: float) -> bytes:
-            options = {**await self.request_options(settings), "timeout": left}
-            response: httpx2.Response = await client.post(
-                self.path, cast_to=httpx2.Response, body=body, options=cast(Any, options)
-            )
-            return response.content
-
-        content = await self._with_deadline(attempt, settings)
-        completion_body(content)
+        known to be a completion: a 200 carrying an HTML page is a bad gateway."""
+        response = await self._send(settings, self.body(settings, params), stream=False)
+        completion_body(response.content)
         self.succeeded()
-        return content
+        return response.content
 
     @asynccontextmanager
     async def stream(self, settings: Settings, params: dict[str, Any]) -> AsyncIterator[ChatStream]:
         """Open a streamed completion: the deadline covers getting the response's headers (retries
         included); then each silence between chunks may last up to ``request_timeout``. Errors before
         the first byte raise here, mapped; errors while reading raise from ``batches``."""
-        client = self.client(settings)
-        body = {**self.body(settings, params), "stream": True}
-
-        async def attempt(_: float) -> httpx2.Response:
-            # With cast_to=httpx2.Response the SDK hands the response back unread: the caller reads it.
-            events = await client.post(
-                self.path,
-                cast_to=httpx2.Response,
-                body=body,
-                options=cast(Any, await self.request_options(settings)),
-                stream=True,
-                stream_cls=openai.AsyncStream[httpx2.Response],
-            )
-            return cast(httpx2.Response, events)  # typed as a stream; at run time the raw response
-
-        response = await self._with_deadline(attempt, settings)
-        if not response.headers.get("content-type", "").startswith("text/event-stream"):
-            await response.aclose()
-            raise UpstreamError(
-                502, "upstream_bad_response", "the model API answered a stream request without a stream"
-            )
-        self.succeeded()
+        response = await self._send(settings, {**self.body(settings, params), "stream": True}, stream=True)
         try:
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                raise UpstreamError(
+                    502, "upstream_bad_response", "the model API answered a stream request without a stream"
+                )
+            self.succeeded()
             yield ChatStream(response)
         finally:
             await response.aclose()
 
-    async def _with_deadline(
-        self, attempt: Callable[[float], Coroutine[Any, Any, T]], settings: Settings
-    ) -> T:
-        return await with_deadline(attempt, settings, lambda exc: self.map_error(exc, settings))
+    async def _send(self, settings: Settings, body: dict[str, Any], *, stream: bool) -> httpx2.Response:
+        """POST ``body`` until the model API accepts it, refuses it for good, retries run out, or the
+        call's one deadline would pass while waiting. A non-streamed answer comes back read (the
+        deadline bounds a body that trickles in too); a streamed one with only its headers read."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + settings.request_timeout
+        url = self.base_url(settings).rstrip("/") + self.path
+        tried = 0
+        while True:
+            left = deadline - loop.time()
+            wait: float | None = None
+            try:
+                async with asyncio.timeout(left):
+                    headers = {
+                        "Accept": "text/event-stream" if stream else "application/json",
+                        "User-Agent": USER_AGENT,
+                        **await self.auth_headers(settings),
+                    }
+                    request = self._client.build_request(
+                        "POST",
+                        url,
+                        json=body,
+                        params=self.query(settings),
+                        headers=headers,
+                        # a stream's silences may each last the whole timeout; a plain answer has what is left
+                        timeout=settings.request_timeout if stream else left,
+                    )
+                    response = await self._client.send(request, stream=True)
+                    if not response.is_error and stream:
+                        return response
+                    try:
+                        await response.aread()
+                    finally:
+                        await response.aclose()
+                if not response.is_error:
+                    return response
+                refusal = Refusal.read(response.status_code, response.headers, response.content)
+                error = self.map_refusal(refusal, settings)
+                if not refusal.retried:
+                    raise error from None
+                wait = retry_after(response.headers)
+            except (TimeoutError, httpx2.TimeoutException):
+                raise timed_out(settings) from None
+            except (httpx2.HTTPError, httpx2.InvalidURL):  # refused connections, broken answers
+                error = unreachable()
+            except ChatError:
+                raise  # our own refusal (a provider without a credential) or a mapped answer
+            delay = backoff(tried) if wait is None else wait
+            if tried >= settings.max_retries or delay >= deadline - loop.time():
+                raise error  # a Retry-After beyond the deadline: the client is told at once, with it
+            await asyncio.sleep(delay)
+            tried += 1
 
 
 class OpenAIChat(ChatCompletionsAPI):
     """OpenAI, or any OpenAI-compatible endpoint (``openai_base_url``), with a bearer API key."""
-
-
-async def with_deadline(
-    attempt: Callable[[float], Coroutine[Any, Any, T]],
-    settings: Settings,
-    mapper: Callable[[openai.APIError], UpstreamError],
-) -> T:
-    """Call ``attempt(seconds_left)`` until it succeeds, fails for good, runs out of retries, or the
-    turn's one deadline would pass while waiting; every failure leaves as an ``UpstreamError``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + settings.request_timeout
-    tried = 0
-    while True:
-        left = deadline - loop.time()
-        wait: float | None = None
-        try:
-            async with asyncio.timeout(left):  # also bounds a body that trickles in
-                return await attempt(left)
-        except (TimeoutError, openai.APITimeoutError):
-            raise timed_out(settings) from None
-        except openai.APIStatusError as exc:
-            error = mapper(exc)
-            if exc.status_code not in _RETRIED_STATUSES and exc.status_code < 500:
-                raise error from None
-            wait = retry_after(exc.response.headers)
-        except openai.APIError as exc:  # connection errors, unreadable responses
-            error = mapper(exc)
-        except httpx2.HTTPError as exc:
-            error = map_transport_error(exc)
-        except ChatError:
-            raise  # a provider's own refusal before sending (no credential)
-        delay = backoff(tried) if wait is None else wait
-        if tried >= settings.max_retries or delay >= deadline - loop.time():
-            raise error  # a Retry-After beyond the deadline: the client is told at once, with it
-        await asyncio.sleep(delay)
-        tried += 1
-
-
-def backoff(tried: int) -> float:
-    """The SDK's schedule: 0.5 s doubling up to 8 s, less up to a quarter of jitter."""
-    return min(0.5 * 2.0**tried, 8.0) * (1 - 0.25 * random.random())
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds a response asks us to wait (``retry-after-ms``, ``retry-after`` seconds or HTTP date)."""
-    try:
-        if "retry-after-ms" in headers:
-            return max(0.0, float(headers["retry-after-ms"]) / 1000)
-        value = headers.get("retry-after")
-        if value is None:
-            return None
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            when = email.utils.parsedate_to_datetime(value)
-            return max(0.0, when.timestamp() - time.time())
-    except (ValueError, TypeError, OverflowError):
-        return None
-
-
-def timed_out(settings: Settings) -> UpstreamError:
-    return UpstreamError(
-        504, "upstream_timeout", f"the model API did not answer within {settings.request_timeout:g} s"
-    )
 
 
 def completion_body(content: bytes) -> dict[str, Any]:
@@ -280,69 +229,6 @@ def reply_text(body: dict[str, Any]) -> str:
     if content is not None and not isinstance(content, str):
         raise UpstreamError(502, "upstream_bad_response", "the model API answered without a reply")
     return content or ""
-
-
-def map_error(exc: openai.APIError, settings: Settings, secrets: list[str]) -> UpstreamError:
-    """Turn what the openai client raised into the status our client should see."""
-    if isinstance(exc, openai.APITimeoutError):
-        return timed_out(settings)
-    if isinstance(exc, openai.APIConnectionError):
-        return UpstreamError(
-            503, "upstream_unreachable", "the model API could not be reached; try again later"
-        )
-    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-        return UpstreamError(
-            502,
-            "upstream_auth_failed",
-            f"the model API rejected this bot's API key (HTTP {exc.status_code}); fix or rotate the key",
-        )
-    if isinstance(exc, openai.RateLimitError):
-        return UpstreamError(
-            429,
-            "upstream_rate_limited",
-            "the model API is rate limiting this bot; retry later",
-            headers=rate_limit_headers(exc.response.headers),
-        )
-    if isinstance(exc, openai.APIStatusError) and 400 <= exc.status_code < 500:
-        # The request itself was refused (a parameter this model does not take, content policy ...):
-        # the client's to fix, so a 4xx it will not retry, with the upstream's own code and param.
-        error = exc.body if isinstance(exc.body, dict) else {}
-        code, param = error.get("code"), error.get("param")
-        message = redact(str(error.get("message") or exc.message), secrets)
-        return UpstreamError(
-            exc.status_code,
-            code if isinstance(code, str) and code else "upstream_rejected",
-            f"the model API refused the request: {message}",
-            type="invalid_request_error",
-            param=param if isinstance(param, str) else None,
-        )
-    if isinstance(exc, openai.APIStatusError):
-        detail = redact(exc.message, secrets)
-        return UpstreamError(
-            502, "upstream_error", f"the model API failed with HTTP {exc.status_code}: {detail}"
-        )
-    return UpstreamError(502, "upstream_error", "the model API returned a response that could not be read")
-
-
-def rate_limit_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """``Retry-After`` in whole seconds for our client, from whichever form the upstream sent."""
-    wait = retry_after(headers)
-    return {"Retry-After": str(max(1, round(wait))) if wait is not None else "1"}
-
-
-def map_transport_error(exc: httpx2.HTTPError) -> UpstreamError:
-    """Errors while reading a streamed body, after the headers came."""
-    if isinstance(exc, httpx2.TimeoutException):
-        return UpstreamError(504, "upstream_timeout", "the model API stopped sending mid-reply")
-    return UpstreamError(503, "upstream_unreachable", "the connection to the model API broke mid-reply")
-
-
-def redact(text: str, secrets: list[str]) -> str:
-    text = text[:500]
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "****")
-    return text
 
 
 if TYPE_CHECKING:
