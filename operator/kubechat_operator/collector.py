@@ -20,9 +20,10 @@ from typing import Any
 
 import urllib3
 
-from kubechat_operator.controller import BotKey, Controller
+from kubechat_operator.controller import Controller
 from kubechat_operator.kube import ApiError, Kube
 from kubechat_operator.render import BOT_LABEL
+from kubechat_operator.tracking import BotKey
 from kubechat_operator.usage import PodTarget, Reading, bot_pods, counts_from_text, fold, merge_patch
 
 logger = logging.getLogger("kubechat_operator.usage")

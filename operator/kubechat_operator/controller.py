@@ -21,6 +21,7 @@ from typing import Any
 
 import urllib3
 
+from kubechat_operator.bindings import BINDING, ORPHAN_GRACE_SECONDS, Unbound
 from kubechat_operator.errors import ChildrenRefused, NamespaceTerminating, OperatorError, classify
 from kubechat_operator.kube import ApiError, Kube
 from kubechat_operator.render import (
@@ -30,31 +31,13 @@ from kubechat_operator.render import (
     OperatorDefaults,
     bot_account,
     render_bot,
-    tokenreview_binding_name,
 )
 from kubechat_operator.spec import Bot
 from kubechat_operator.status import SPLIT_WARNING, build_status, same_status
-from kubechat_operator.tracking import BotState
+from kubechat_operator.tracking import BotKey, BotState
 from kubechat_operator.workqueue import WorkQueue
 
 logger = logging.getLogger("kubechat_operator")
-
-BotKey = tuple[str, str]  # (namespace, name)
-BINDING = "ClusterRoleBinding"
-# A binding seen for a bot this process does not hold waits this long before it is looked into: at start the
-# bindings' listing can come before the bots'. Whether its bot is gone is then asked, not assumed.
-ORPHAN_GRACE_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class Unbind:
-    """A TokenReview binding (cluster-scoped: no owner reference, the garbage collector cannot remove it)
-    whose bot this process does not hold: deleted once that bot is known to be gone."""
-
-    name: str
-    uid: str  # the binding's own, a precondition of the delete ("" when not seen)
-    bot_uid: str  # the bot its labels name ("" when they do not)
-    gone: bool  # the bot's DELETED event was seen: nothing to ask
 
 
 @dataclass(frozen=True)
@@ -76,7 +59,7 @@ class Controller:
         self.kube, self.config = kube, config
         self.queue: WorkQueue[BotKey] = WorkQueue(config.retry_base_seconds, config.retry_max_seconds)
         self.bots: dict[BotKey, BotState] = {}
-        self.unbind: dict[BotKey, Unbind] = {}  # bindings of bots this process does not hold
+        self.unbound = Unbound()  # TokenReview bindings of bots this process does not hold
         self._lock = threading.Lock()  # guards self.bots and every BotState: held briefly, never over I/O
         self._threads: list[threading.Thread] = []
 
@@ -86,11 +69,8 @@ class Controller:
         key = (str(meta.get("namespace")), str(meta.get("name")))
         if event == "DELETED":
             with self._lock:
-                gone = self.bots.pop(key, None)
-                if gone is not None and (BINDING in gone.present or gone.bot.spec.reviews_tokens):
-                    name, uid = gone.present.get(BINDING, (tokenreview_binding_name(key[1], key[0]), ""))
-                    self.unbind[key] = Unbind(name, uid, gone.bot.uid, gone=True)
-                binding = key in self.unbind
+                self.unbound.bot_deleted(key, self.bots.pop(key, None))
+                binding = key in self.unbound
             self.queue.drop(key)
             if binding:
                 self.queue.add(key)
@@ -121,8 +101,8 @@ class Controller:
         with self._lock:
             state = self.bots.get(key)
             if state is None or state.bot.uid not in owners:
-                if kind == BINDING and self._watched(key[0]):
-                    self._binding_unheld(key, event, meta, labels)
+                if kind == BINDING and self._watched(key[0]) and self.unbound.seen(key, event, meta, labels):
+                    self.queue.add_after(key, ORPHAN_GRACE_SECONDS)
                 return
             needed = state.observe_child(kind, event or "ADDED", body)
         if needed:
@@ -130,22 +110,6 @@ class Controller:
 
     def _watched(self, namespace: str) -> bool:
         return not self.config.namespaces or namespace in self.config.namespaces
-
-    def _binding_unheld(
-        self, key: BotKey, event: str | None, meta: Mapping[str, Any], labels: Mapping[str, str]
-    ) -> None:
-        """A binding of a bot this process does not hold (yet: at start; or no more: deleted while no
-        operator ran; or an older incarnation's). Looked into after a grace; its deletion forgets it.
-        Called with the lock held."""
-        uid = str(meta.get("uid") or "")
-        known = self.unbind.get(key)
-        if event == "DELETED":
-            if known is not None and known.uid in ("", uid):
-                del self.unbind[key]
-            return
-        if known is None or not known.gone:
-            self.unbind[key] = Unbind(str(meta.get("name")), uid, str(labels.get(BOT_UID_LABEL) or ""), False)
-            self.queue.add_after(key, ORPHAN_GRACE_SECONDS)
 
     # ---- workers --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -201,14 +165,11 @@ class Controller:
         (a referenced Secret); raises ``OperatorError`` subclasses on failures worth retrying."""
         with self._lock:
             state = self.bots.get(key)
-            unbind = self.unbind.get(key)
-            if unbind is not None and state is not None:  # its bot is held now: its reconcile decides
-                del self.unbind[key]
-                state.present.setdefault(BINDING, (unbind.name, unbind.uid))
-                unbind = None
+            unbind = self.unbound.take(key, state)
             bot = None if state is None or state.deleting else state.bot
-        if unbind is not None:
-            self._unbind(key, unbind)
+        if unbind is not None and self.unbound.sweep(self.kube, key, unbind):
+            with self._lock:
+                self.unbound.swept(key, unbind)
         if bot is None or state is None:
             return False
         children = render_bot(bot, self.config.defaults)
@@ -256,21 +217,6 @@ class Controller:
             problem = self._missing_secret(bot, state)
         self._publish(bot, state, None if refused else children.config_hash, problem)
         return problem is not None and not refused
-
-    def _unbind(self, key: BotKey, entry: Unbind) -> None:
-        """Delete the binding of a bot this process does not hold, once the bot is known to be gone."""
-        try:
-            if not entry.gone:
-                alive = self.kube.bot_uid(*key)
-                if alive is not None and alive == (entry.bot_uid or alive):
-                    return  # its bot exists: its own reconcile will decide, once its event is in
-            self.kube.delete(BINDING, None, entry.name, entry.uid)
-        except ApiError as exc:
-            raise classify(exc.status) from None
-        logger.info("%s/%s: deleted the TokenReview binding %s (the bot is gone)", *key, entry.name)
-        with self._lock:
-            if self.unbind.get(key) == entry:
-                del self.unbind[key]
 
     def _delete_stale(self, bot: Bot, state: BotState, rendered: Mapping[str, Any]) -> None:
         """Delete the access children the spec no longer renders (access or serviceAccounts removed, or
@@ -356,4 +302,4 @@ class Controller:
     def sizes(self) -> dict[str, int]:
         """How much per-bot state is held (tests check it returns to zero once the bots are gone)."""
         with self._lock:
-            return {"bots": len(self.bots), "unbind": len(self.unbind), **self.queue.sizes()}
+            return {"bots": len(self.bots), "unbind": len(self.unbound), **self.queue.sizes()}

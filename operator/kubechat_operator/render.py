@@ -101,6 +101,14 @@ def _meta(name: str, bot: str, namespace: str, uid: str) -> dict[str, Any]:
     return {"name": name, "namespace": namespace, "labels": labels(bot), "ownerReferences": _owner(bot, uid)}
 
 
+def pull_policy_default(image: str) -> str:
+    """The ``imagePullPolicy`` the API server gives a container that sets none: ``Always`` for a tag
+    ``latest``, or no tag and no digest; ``IfNotPresent`` otherwise (its ``ParseImageName``)."""
+    name, at, _digest = image.partition("@")
+    tag = name.rsplit("/", 1)[-1].partition(":")[2]
+    return "Always" if tag == "latest" or (not tag and not at) else "IfNotPresent"
+
+
 def _number(value: float | int) -> str:
     return json.dumps(value)
 
@@ -212,36 +220,37 @@ def render_bot(bot: Bot, defaults: OperatorDefaults) -> Children:
         "metadata": _meta(config_map_name(name), name, namespace, uid),
         "data": data,
     }
+    # What the API server would default (a port's TCP protocol, the liveness probe's period and threshold,
+    # the pull policy matching the image's tag, the pod-level non-root and seccomp settings repeated per
+    # container) is left out: every field sent is parsed, merged and tracked in managedFields on each
+    # apply, and the server fills those in anyway (tests/unit/test_render.py holds this).
+    image = spec.image or defaults.image
     container: dict[str, Any] = {
         "name": "bot",
-        "image": spec.image or defaults.image,
-        "imagePullPolicy": spec.image_pull_policy or defaults.image_pull_policy,
+        "image": image,
         "args": ["serve", "--host", "0.0.0.0", "--port", str(APP_PORT)],
-        "ports": [{"name": "http", "containerPort": APP_PORT, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": APP_PORT}],
         "env": _env(name, spec),
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": "http"},
             "periodSeconds": 5,
             "failureThreshold": 2,
         },
-        "livenessProbe": {
-            "httpGet": {"path": "/healthz", "port": "http"},
-            "periodSeconds": 10,
-            "failureThreshold": 3,
-        },
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
         "resources": (spec.resources.as_dict() if spec.resources else None) or DEFAULT_RESOURCES,
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
     }
+    pull = spec.image_pull_policy or defaults.image_pull_policy
+    if pull != pull_policy_default(image):
+        container["imagePullPolicy"] = pull
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "securityContext": {
@@ -292,18 +301,20 @@ def render_bot(bot: Bot, defaults: OperatorDefaults) -> Children:
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector(name)},
             "template": template,
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "strategy": {"rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},  # type: RollingUpdate
         },
     }
+    service_spec: dict[str, Any] = {
+        "selector": selector(name),
+        "ports": [{"name": "http", "port": spec.service.port, "targetPort": "http"}],
+    }
+    if spec.service.type != "ClusterIP":  # the server's default; left out, a switch back resets to it
+        service_spec["type"] = spec.service.type
     service = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _meta(name, name, namespace, uid),
-        "spec": {
-            "type": spec.service.type,
-            "selector": selector(name),
-            "ports": [{"name": "http", "port": spec.service.port, "targetPort": "http", "protocol": "TCP"}],
-        },
+        "spec": service_spec,
     }
     access = _access_children(name, namespace, uid, spec, account) if spec.reviews_tokens and account else ()
     return Children(config_map, deployment, service, digest, access)

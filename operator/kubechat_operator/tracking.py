@@ -16,6 +16,7 @@ from typing import Any
 
 from kubechat_operator.spec import Bot
 
+BotKey = tuple[str, str]  # (namespace, name)
 # The order children are applied in: the pods' ServiceAccount and its TokenReview binding (spec.access)
 # and the settings before the pods that use them.
 KINDS = ("ServiceAccount", "ClusterRoleBinding", "ConfigMap", "Deployment", "Service")

@@ -130,9 +130,14 @@ def test_a_bot_gets_its_deployment_service_and_config_map(bots: Bots) -> None:
     assert container.image == "kubechat/chatbot:test"
     assert container.readiness_probe.http_get.path == "/readyz"
     assert container.liveness_probe.http_get.path == "/healthz"
-    sc = container.security_context
-    assert sc.run_as_non_root and sc.read_only_root_filesystem and not sc.allow_privilege_escalation
-    assert sc.capabilities.drop == ["ALL"] and sc.seccomp_profile.type == "RuntimeDefault"
+    sc = container.security_context  # non-root and seccomp are the pod's, for every container
+    pod_sc = dep.spec.template.spec.security_context
+    assert pod_sc.run_as_non_root and pod_sc.seccomp_profile.type == "RuntimeDefault"
+    assert sc.run_as_non_root is not False and sc.seccomp_profile is None
+    assert sc.read_only_root_filesystem and not sc.allow_privilege_escalation
+    assert sc.capabilities.drop == ["ALL"]
+    assert container.image_pull_policy == "IfNotPresent"  # the server's default for a tagged image
+    assert container.ports[0].protocol == "TCP"
     assert container.resources.requests == {"cpu": "100m", "memory": "128Mi"}
     env = {e.name: e.value for e in container.env}
     assert "OPENAI_API_KEY" not in env and env["KUBECHAT_CONFIG_DIR"] == "/etc/kubechat/config"
@@ -269,6 +274,26 @@ def test_a_prompt_change_rolls_the_pods(bots: Bots) -> None:
     eventually(rolled, timeout=30, what="a new ReplicaSet for the new prompt")
     bot = bots.ready("rolling", 1)
     assert bot["status"]["configHash"] != first
+
+
+def test_the_service_type_follows_the_spec_there_and_back(bots: Bots) -> None:
+    """The operator leaves a ClusterIP type out of what it applies (the server's default): switching a
+    NodePort bot back must still give a ClusterIP Service, its node port released."""
+    bots.secret()
+    bots.create(bot_manifest("exposed", service={"type": "NodePort"}))
+
+    def node_port() -> None:
+        svc = bots.core.read_namespaced_service("exposed", bots.ns)
+        assert svc.spec.type == "NodePort" and svc.spec.ports[0].node_port, svc.spec
+
+    eventually(node_port, timeout=30, what="a NodePort Service")
+    bots.patch("exposed", {"spec": {"service": {"type": "ClusterIP"}}})
+
+    def cluster_ip() -> None:
+        svc = bots.core.read_namespaced_service("exposed", bots.ns)
+        assert svc.spec.type == "ClusterIP" and not svc.spec.ports[0].node_port, svc.spec
+
+    eventually(cluster_ip, timeout=30, what="back to a ClusterIP Service")
 
 
 def test_deleting_a_bot_garbage_collects_its_children(bots: Bots) -> None:
