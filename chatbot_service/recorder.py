@@ -4,7 +4,7 @@
 the Prometheus instruments are then never created, ``/metrics`` answers 404, the HTTP middleware and the
 session-store timing are not installed, and ``NoMetrics`` takes every record the turn logic makes and
 does nothing with it. For bots whose pods nobody scrapes: the operator's ``status.usage`` reads the
-pods' ``/metrics``, so such a bot has no usage in its status.
+pods' ``/metrics``, so such a bot's usage in its status does not grow.
 """
 
 from __future__ import annotations

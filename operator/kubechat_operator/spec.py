@@ -118,7 +118,7 @@ class Context:
 @dataclass(frozen=True)
 class Observability:
     """``metrics: false``: the pods serve no ``/metrics`` (``KUBECHAT_METRICS=off``), so Prometheus and
-    the usage collector leave them alone and the bot has no ``status.usage``."""
+    the usage collector leave them alone: the bot's ``status.usage`` does not grow."""
 
     metrics: bool = True
 
