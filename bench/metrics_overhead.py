@@ -1,165 +1,221 @@
-"""What the metrics cost a request: the instrumentation's CPU beside a real request's, in one run.
+"""What the metrics cost a request: a real ``kubechat serve`` with metrics on beside one with them off.
 
-    .venv/bin/python bench/metrics_overhead.py [--requests 400] [--rounds 5]
+    .venv/bin/python bench/metrics_overhead.py                     # about 3 minutes
+    .venv/bin/python bench/metrics_overhead.py --rounds 3 --seconds 3 --concurrency 1,8
 
-The service has no switch that turns its metrics off, so the two are measured side by side, interleaved
-round by round:
+The set-up is ``bench/service_overhead.py``'s, imported from it (not copied): the zero-latency Go upstream
+and the Go keep-alive load generator pinned on CPU 0, the process under test alone on CPU 1. Each round
+starts two fresh processes of this tree's ``kubechat serve``, identical but for ``KUBECHAT_METRICS=on``
+and ``off`` (the product setting: off, no instrument exists and ``/metrics`` answers 404), primes both,
+then measures ``/v1/chat/completions`` plain and streamed on each in turn, mode by mode, the order
+swapped every round (on-off, off-on, ...) so that drift in the machine's load falls on both alike.
 
-- a real ``kubechat serve`` process answering ``POST /v1/chat/completions`` (plain, then streamed) from a
-  fake OpenAI-compatible upstream in this process, one request at a time on a keep-alive connection: its
-  process CPU per request (``/proc/PID/stat``, metrics included) and the client's p50;
-- the exact instrumentation one such request runs, in this process with the service's own classes: the
-  ``HttpMetrics`` middleware around an empty ASGI app (minus the empty app alone) plus one ``Turn``
-  (started, first token for streams, answered with the upstream's usage, served), in thread CPU time.
-
-"More CPU per request with metrics" is instrumentation / (request - instrumentation); the p50 a request
-would lose without metrics is at most the instrumentation's time (it runs on the request's path). A
-scrape of ``/metrics`` is measured too (its CPU in the service process), being paid per scrape, not per
-request. Prints figures; asserts nothing. Everything it starts is stopped at the end.
+Per row: CPU µs per request (the process's user+system CPU from ``/proc/PID/stat`` over the row, warm-up
+included, divided by the requests it served) and added p50 (p50 minus the direct call's in the same
+run). Printed: the medians over the rounds, the ratio on/off of CPU per request (the target: under
+1.03) and the difference in added p50 (the target: none measurable), each also paired round by round
+(the two processes of one round were measured next to each other) with the range over the rounds.
+Then one ``/metrics`` scrape's CPU in the service (paid per scrape, e.g. every 30 s, not per request).
+Asserts nothing; everything it starts is stopped at the end, by PID.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_TIKTOKEN = REPO.parent / "shared" / "tiktoken"
-KUBECHAT = str(Path(sys.executable).with_name("kubechat"))  # this venv's CLI seeds the encodings
-sys.path[:0] = [str(REPO), str(REPO / "bench")]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import httpx2  # noqa: E402
-from service_overhead import seed_tiktoken  # noqa: E402
+from service_overhead import (
+    LOAD_CPU,
+    REPO,
+    TEST_CPU,
+    Bench,
+    Row,
+    bench_env,
+    cpu_seconds,
+    free_port,
+    int_list,
+    log_dir,
+    rss_mb,
+    seed_tiktoken,
+    table,
+)
 
-from chatbot_service.metrics import Metrics  # noqa: E402
-from chatbot_service.middleware import HttpMetrics  # noqa: E402
-from chatbot_service.observe import Observer  # noqa: E402
-from tests.support.bot_process import bot_environment, kubechat_serve  # noqa: E402
-from tests.support.fake_openai import FakeOpenAI  # noqa: E402
-from tests.support.servers import serving  # noqa: E402
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello! How are you today?"}]}
-REPLY = {"model": "gpt-4o-mini-2024-07-18", "usage": {"prompt_tokens": 13, "completion_tokens": 9}}
-
-
-def process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+ON, OFF = "metrics on", "metrics off"
+ROUTE = "/v1/chat/completions"
+MODES = ("plain", "stream")
 
 
-def serve_round(url: str, pid: int, n: int, stream: bool) -> tuple[float, float]:
-    """(service CPU µs per request, client p50 ms) over ``n`` requests."""
-    body = {**BODY, "stream": stream}
-    latencies = []
-    with httpx2.Client(timeout=30) as client:
-        client.post(url, json=body).raise_for_status()  # the connection is open before counting
-        cpu = process_cpu(pid)
-        for _ in range(n):
-            start = time.perf_counter()
-            response = client.post(url, json=body)
-            response.raise_for_status()
-            latencies.append(time.perf_counter() - start)
-        used = process_cpu(pid) - cpu
-    return used / n * 1e6, statistics.median(latencies) * 1e3
+def start(bench: Bench, name: str, env: dict[str, str]) -> tuple[int, str]:
+    """A fresh ``kubechat serve`` on CPU 1, ready and primed; (pid, base URL)."""
+    port = free_port()
+    argv = [bench.kubechat, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--log-level", bench.args.log_level]
+    pid = bench.start_python(name, argv, env, "/readyz", port)
+    base = f"http://127.0.0.1:{port}"
+    bench.prime(name, pid, base + ROUTE)
+    return pid, base
 
 
-async def _empty(scope: Any, receive: Any, send: Any) -> None:
-    await send({"type": "http.response.start", "status": 200, "headers": []})
-    await send({"type": "http.response.body", "body": b"{}"})
+def scrape_cpu_us(pid: int, base: str, scrapes: int = 50) -> float:
+    before = cpu_seconds(pid)
+    for _ in range(scrapes):
+        with urllib.request.urlopen(base + "/metrics", timeout=30) as response:
+            response.read()
+    return (cpu_seconds(pid) - before) / scrapes * 1e6
 
 
-def instrumentation_round(n: int, stream: bool) -> float:
-    """Thread CPU µs per request of the metrics one request records."""
-    metrics = Metrics()
-    observer = Observer(metrics)
-    middleware = HttpMetrics(_empty, metrics)
-
-    class Route:
-        path = "/v1/chat/completions"
-
-    scope = {"type": "http", "method": "POST", "route": Route()}
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b""}
-
-    async def send(_: Any) -> None:
-        return None
-
-    async def asgi(app: Callable[..., Any]) -> float:
-        start = time.thread_time()
-        for _ in range(n):
-            await app(scope, receive, send)
-        return time.thread_time() - start
-
-    loop = asyncio.new_event_loop()
+def check_off(base: str) -> None:
+    """The metrics-off process really has them off (``/metrics`` answers 404)."""
     try:
-        bare = loop.run_until_complete(asgi(_empty))
-        wrapped = loop.run_until_complete(asgi(middleware))
-    finally:
-        loop.close()
-    start = time.thread_time()
-    for _ in range(n):
-        turn = observer.turn("gpt-4o-mini", conversation_id=None)
-        if stream:
-            turn.first_token()
-        turn.answered(REPLY)
-        turn.served("")
-    turns = time.thread_time() - start
-    return (max(wrapped - bare, 0.0) + turns) / n * 1e6
+        urllib.request.urlopen(base + "/metrics", timeout=10).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return
+        raise
+    raise RuntimeError("the metrics-off process served /metrics: KUBECHAT_METRICS=off did not take")
 
 
-def main() -> int:
+def run(bench: Bench) -> float:
+    """The interleaved rounds; returns one scrape's CPU µs (the last metrics-on process)."""
+    upstream = bench.start_upstream()
+    print(f"upstream {upstream} (CPU {LOAD_CPU}); processes under test on CPU {TEST_CPU}", flush=True)
+    env = bench_env(upstream + "/v1", seed_tiktoken(bench.kubechat, bench.args.tiktoken_from))
+    envs = {ON: {**env, "KUBECHAT_METRICS": "on"}, OFF: {**env, "KUBECHAT_METRICS": "off"}}
+    for mode in MODES:
+        bench.measure("direct (the limit)", upstream, ROUTE, mode, mode, None)
+    scrape_us = 0.0
+    for round_ in range(1, bench.args.rounds + 1):
+        order = (ON, OFF) if round_ % 2 else (OFF, ON)
+        started = {name: start(bench, f"{name} #{round_}", envs[name]) for name in order}
+        for mode in MODES:
+            for name in order:
+                pid, base = started[name]
+                bench.measure(name, base, ROUTE, mode, mode, pid)
+        on_pid, on_base = started[ON]
+        scrape_us = scrape_cpu_us(on_pid, on_base)
+        check_off(started[OFF][1])
+        for name in order:
+            label = f"{name} #{round_}"
+            bench.memory[label].end = rss_mb(started[name][0])
+            bench.procs.stop(next(p for p in bench.procs.running if p.pid == started[name][0]))
+    return scrape_us
+
+
+def spread(values: Sequence[float]) -> str:
+    return f"{min(values):+.3f} to {max(values):+.3f}"
+
+
+def report(bench: Bench, scrape_us: float, load_before: tuple[float, float, float], began: float) -> str:
+    direct = {(r.mode, r.concurrency): r.load.p50 for r in bench.rows if r.target.startswith("direct")}
+
+    def rows_of(target: str, mode: str, c: int) -> list[Row]:
+        return [r for r in bench.rows if (r.target, r.mode, r.concurrency) == (target, mode, c)]
+
+    header = ["mode", "c", "CPU µs/req, off", "on", "ratio on/off", "paired ratio (range)"]
+    header += ["added p50 ms, off", "on", "on - off", "paired on - off (range)", "rps off / on"]
+    header += ["others on CPU 1, off / on"]
+    cells: list[list[object]] = []
+    for mode in MODES:
+        for c in bench.args.concurrency:
+            on, off = rows_of(ON, mode, c), rows_of(OFF, mode, c)
+            cpu_on = statistics.median(r.cpu_us_per_request or 0.0 for r in on)
+            cpu_off = statistics.median(r.cpu_us_per_request or 0.0 for r in off)
+            added_on = [r.load.p50 - direct[(mode, c)] for r in on]
+            added_off = [r.load.p50 - direct[(mode, c)] for r in off]
+            p50_on, p50_off = statistics.median(added_on), statistics.median(added_off)
+            rps_on = statistics.median(r.load.rps for r in on)
+            rps_off = statistics.median(r.load.rps for r in off)
+            others_on = statistics.median(r.others_on_test_cpu or 0.0 for r in on)
+            others_off = statistics.median(r.others_on_test_cpu or 0.0 for r in off)
+            # The same round's two processes, measured next to each other: drift falls on both alike.
+            ratios = [
+                (a.cpu_us_per_request or 0.0) / (b.cpu_us_per_request or 1.0)
+                for a, b in zip(on, off, strict=True)
+            ]
+            gaps = [a - b for a, b in zip(added_on, added_off, strict=True)]
+            cells.append(
+                [
+                    mode,
+                    c,
+                    f"{cpu_off:,.0f}",
+                    f"{cpu_on:,.0f}",
+                    f"{cpu_on / cpu_off:.3f}" if cpu_off else "n/a",
+                    f"{statistics.median(ratios):.3f} ({spread(ratios)})",
+                    f"{p50_off:.3f}",
+                    f"{p50_on:.3f}",
+                    f"{p50_on - p50_off:+.3f}",
+                    f"{statistics.median(gaps):+.3f} ({spread(gaps)})",
+                    f"{rps_off:,.0f} / {rps_on:,.0f}",
+                    f"{others_off:.0f}% / {others_on:.0f}%",
+                ]
+            )
+    after = os.getloadavg()
+    out = [
+        "",
+        f"## Metrics on against off (`{ROUTE}`; medians of {bench.args.rounds} rounds, fresh processes each)",
+        "",
+        *table(header, "lrrrrrrrrrrr", cells),
+        "",
+        "Paired: per round, on / off (CPU) and on - off (added p50) of the two processes measured next to"
+        " each other, then the median and the range over the rounds. Targets: CPU ratio under 1.03; a p50"
+        " gap inside the range the rounds show.",
+        "",
+        f"One `/metrics` scrape: {scrape_us:,.0f} µs CPU in the service (paid per scrape, not per request).",
+        "",
+        f"Load average before: {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}; "
+        f"after: {after[0]:.2f} {after[1]:.2f} {after[2]:.2f}. Run took {time.monotonic() - began:.0f} s; "
+        f"warm-up {bench.args.warmup:g} s + {bench.args.seconds:g} s per row, "
+        + ("pinned" if bench.pin else "NOT pinned")
+        + ".",
+    ]
+    disturbed = [r for r in bench.rows if (r.others_on_test_cpu or 0.0) > 10]
+    if disturbed:
+        out.append(f"DISTURBED: other processes took over 10% of CPU {TEST_CPU} in {len(disturbed)} rows.")
+    failed = [r.load for r in bench.rows if r.load.errors]
+    if failed:
+        out.append(f"ERRORS in {len(failed)} rows; first: {failed[0].first_error}")
+    return "\n".join(out)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--requests", type=int, default=400, help="per round and mode")
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    # The bots' processes read encodings from a seeded cache: they must never download one.
-    os.environ["TIKTOKEN_CACHE_DIR"] = str(seed_tiktoken(KUBECHAT, SHARED_TIKTOKEN))
-    load = os.getloadavg()
-    print(f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; machine shared; {vars(args)}")
-    fake = FakeOpenAI()
-    fake.keep_requests = False
-    with serving(fake.app) as upstream:
-        fake.url = upstream.url + "/v1"
-        with kubechat_serve(bot_environment(fake), timeout=120) as bot:
-            pid, url = bot.process.pid, bot.url + "/v1/chat/completions"
-            rows: dict[str, list[tuple[float, float, float]]] = {"plain": [], "stream": []}
-            for round_ in range(1, args.rounds + 1):
-                for mode in ("plain", "stream"):
-                    cpu, p50 = serve_round(url, pid, args.requests, mode == "stream")
-                    instr = instrumentation_round(args.requests * 10, mode == "stream")
-                    rows[mode].append((cpu, p50, instr))
-                    print(
-                        f"round {round_} {mode:6}: request {cpu:7.1f} µs CPU, p50 {p50:6.3f} ms; "
-                        f"metrics {instr:5.1f} µs",
-                        flush=True,
-                    )
-            cpu = process_cpu(pid)
-            scrapes = 50
-            with httpx2.Client(timeout=30) as client:
-                for _ in range(scrapes):
-                    client.get(bot.url + "/metrics").raise_for_status()
-            scrape_us = (process_cpu(pid) - cpu) / scrapes * 1e6
-    print("\nmedians over the rounds")
-    print(
-        "| mode | request CPU µs | metrics CPU µs | more CPU with metrics | p50 ms | metrics' share of p50 |"
+    parser.add_argument("--rounds", type=int, default=6, help="rounds, fresh processes each (default 6)")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per row (default 5)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per row (default 1)")
+    parser.add_argument("--concurrency", type=int_list, default=[1], help="e.g. 1,8 (default 1)")
+    parser.add_argument("--log-level", default="info", help="of the servers (default info: access log on)")
+    parser.add_argument(
+        "--tiktoken-from", type=Path, default=REPO.parent / "shared" / "tiktoken", help="encodings to seed"
     )
-    print("|---|---|---|---|---|---|")
-    for mode, values in rows.items():
-        cpu = statistics.median(v[0] for v in values)
-        p50 = statistics.median(v[1] for v in values)
-        instr = statistics.median(v[2] for v in values)
-        more, share = instr / (cpu - instr) * 100, instr / 1e3 / p50 * 100
-        print(f"| {mode} | {cpu:.0f} | {instr:.1f} | {more:.2f} % | {p50:.3f} | {share:.2f} % |")
-    print(f"\none /metrics scrape: {scrape_us:.0f} µs CPU in the service (paid per scrape, e.g. every 30 s)")
+    parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not use taskset")
+    parser.add_argument("--logs", type=Path, help="keep the servers' logs in this folder")
+    args = parser.parse_args(argv)
+    if args.pin and len(os.sched_getaffinity(0)) < 2:
+        print("metrics_overhead: one CPU only; running unpinned", file=sys.stderr)
+        args.pin = False
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    began, load_before = time.monotonic(), os.getloadavg()
+    print(f"load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}; machine shared")
+    with log_dir(args.logs) as logs:
+        bench = Bench(args, logs)
+        try:
+            scrape_us = run(bench)
+        finally:
+            bench.procs.stop_all()
+        print(report(bench, scrape_us, load_before, began))
     return 0
 
 

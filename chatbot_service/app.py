@@ -34,7 +34,7 @@ from chatbot_service.api_models import (
     SessionHistory,
     errors,
 )
-from chatbot_service.errors import ChatError, SessionNotFound
+from chatbot_service.errors import ChatError, NotFound, SessionNotFound
 from chatbot_service.guard import Caller, Guard
 from chatbot_service.holder import SettingsHolder
 from chatbot_service.memory import memory_limit, release_freed, store_budget
@@ -42,6 +42,8 @@ from chatbot_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from chatbot_service.metrics import Metrics
 from chatbot_service.middleware import BodyLimit, CallerHeaders, HttpMetrics, SameOrigin, Unexpected
 from chatbot_service.observe import Observer
+from chatbot_service.recorder import ENV as METRICS_ENV
+from chatbot_service.recorder import NoMetrics, Recorder, metrics_on
 from chatbot_service.relay import Relay, RelayResponse
 from chatbot_service.routing import JSONRoute, install_error_handlers, install_openapi
 from chatbot_service.service import ChatService, TurnResult
@@ -98,13 +100,12 @@ def create_app(
     when the environment names a store, and mounted files, in that order of precedence)."""
     env = dict(os.environ if environ is None else environ)
     source = None if load else _app_configuration(env)
-    metrics = Metrics()
+    # Chosen once: with metrics off no instrument exists and NoMetrics takes every record (recorder.py).
+    metrics = Metrics() if metrics_on(env) else None
+    recorder: Recorder = metrics or NoMetrics()
     tracing = tracer_from_environ(env)
-    observer = Observer(metrics, tracing[0] if tracing else None)
-    holder = SettingsHolder(
-        load or _local_loader(env, source),
-        on_reload=lambda ok: metrics.settings_reloads.labels("ok" if ok else "failed").inc(),
-    )
+    observer = Observer(recorder, tracing[0] if tracing else None)
+    holder = SettingsHolder(load or _local_loader(env, source), on_reload=recorder.record_reload)
     holder.reload()
     stores = Stores(store_budget(memory_limit(env)), metrics)
     upstream = Upstream()
@@ -174,9 +175,10 @@ def create_app(
     )
     app.add_middleware(SameOrigin, allowed=origins)
     app.add_middleware(Unexpected)
-    app.add_middleware(HttpMetrics, metrics=metrics)  # outermost: every refusal and failure counts too
+    if metrics is not None:
+        app.add_middleware(HttpMetrics, metrics=metrics)  # outermost: every refusal and failure counts too
 
-    install_error_handlers(app, seen=metrics.count_refusal)
+    install_error_handlers(app, seen=recorder.count_refusal)
     install_openapi(app)
 
     @app.get("/healthz", tags=["probes"], response_model=Health)
@@ -292,10 +294,16 @@ def create_app(
         "/metrics",
         tags=["probes"],
         response_class=Response,
-        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+        responses={
+            200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+            **errors(404),
+        },
     )
     async def metrics_endpoint() -> Response:
-        """Prometheus metrics: the OpenTelemetry GenAI conventions (v1.41.0) and kubechat's own."""
+        """Prometheus metrics: the OpenTelemetry GenAI conventions (v1.41.0) and kubechat's own; 404
+        when the bot's metrics are off (``KUBECHAT_METRICS=off``)."""
+        if metrics is None:
+            raise NotFound(f"this bot's metrics are off ({METRICS_ENV}=off): there is nothing to scrape")
         return Response(metrics.exposition(), media_type=METRICS_CONTENT_TYPE)
 
     @app.get("/", include_in_schema=False)

@@ -46,10 +46,16 @@ def _serve(host: str, port: int, log_level: str) -> int:
 
     from chatbot_service.app import create_app
     from chatbot_service.logs import configure
+    from chatbot_service.settings import SettingsError
 
     configure(log_level)
+    try:
+        app = create_app()
+    except SettingsError as exc:  # what the process itself is told at start (KUBECHAT_METRICS, ...)
+        print(f"kubechat: cannot start: {exc}", file=sys.stderr)
+        return 2
     # No WebSocket routes: ws="none" keeps uvicorn from importing a WebSocket library for nothing.
-    uvicorn.run(create_app(), host=host, port=port, log_level=log_level, log_config=None, ws="none")
+    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=None, ws="none")
     return 0
 
 

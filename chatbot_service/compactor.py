@@ -19,7 +19,7 @@ from chatbot_service.compaction import split_point, summary_text, transcript
 from chatbot_service.conversation import Message, item_id
 from chatbot_service.errors import ChatError, LimitsUnavailable, QuotaExceeded, RateLimited
 from chatbot_service.guard import Caller, Guard
-from chatbot_service.metrics import Metrics
+from chatbot_service.recorder import Recorder
 from chatbot_service.sessions import SessionStore
 from chatbot_service.settings import Settings
 from chatbot_service.tokens import Encoding
@@ -31,7 +31,7 @@ MARGIN = 16
 
 
 class Compactor:
-    def __init__(self, upstream: Upstream, metrics: Metrics, guard: Guard) -> None:
+    def __init__(self, upstream: Upstream, metrics: Recorder, guard: Guard) -> None:
         self.upstream = upstream
         self.metrics = metrics
         self.guard = guard
@@ -66,7 +66,7 @@ class Compactor:
             ticket = await self.guard.admit(caller, settings, instructions.tokens + request.tokens, params)
         except (RateLimited, QuotaExceeded, LimitsUnavailable) as exc:
             log.info("compaction not admitted by the limits (%s); trimming instead", exc.code)
-            self.metrics.compactions.labels("refused").inc()
+            self.metrics.record_compaction("refused")
             return history
         try:
             reply = await ticket.guarded(self.upstream.complete(settings, params))
@@ -80,7 +80,7 @@ class Compactor:
                 await store.put(key, compacted)
         except (ChatError, ValueError, LookupError, TypeError, AttributeError) as exc:
             log.warning("compaction failed (%s); trimming instead", type(exc).__name__)
-            self.metrics.compactions.labels("failed").inc()
+            self.metrics.record_compaction("failed")
             return history
-        self.metrics.compactions.labels("ok").inc()
+        self.metrics.record_compaction("ok")
         return compacted

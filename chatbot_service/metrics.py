@@ -32,6 +32,8 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from chatbot_service.prices import NANO_PER_USD, PriceTable
+
 if TYPE_CHECKING:
     from chatbot_service.errors import ChatError
 
@@ -311,11 +313,20 @@ class Metrics:
         if error.refusal:
             self.refusals.labels(error.refusal).inc()
 
-    def record_usage(self, identity: str, input_tokens: int, output_tokens: int, cost_usd: float) -> None:
+    def record_usage(
+        self, identity: str, model: str, prices: PriceTable, input_tokens: int, output_tokens: int
+    ) -> None:
+        """Tokens and their cost (costed here: with metrics off nothing is costed per request)."""
         who = self.identities(identity)
         self.identity_tokens.labels(who, "input").inc(input_tokens)
         self.identity_tokens.labels(who, "output").inc(output_tokens)
-        self.identity_cost.labels(who).inc(cost_usd)
+        self.identity_cost.labels(who).inc(prices.cost(model, input_tokens, output_tokens) / NANO_PER_USD)
+
+    def record_compaction(self, result: str) -> None:
+        self.compactions.labels(result).inc()
+
+    def record_reload(self, ok: bool) -> None:
+        self.settings_reloads.labels("ok" if ok else "failed").inc()
 
     def count_sessions(self, count: Callable[[], int]) -> None:
         """Report the store's session count whenever Prometheus scrapes."""

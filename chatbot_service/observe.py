@@ -14,17 +14,20 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from chatbot_service.errors import ChatError, UpstreamError
-from chatbot_service.metrics import ANONYMOUS, Metrics
-from chatbot_service.prices import DEFAULT_TABLE, NANO_PER_USD, PriceTable
+from chatbot_service.metrics import ANONYMOUS
+from chatbot_service.prices import DEFAULT_TABLE, PriceTable
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
 
+    from chatbot_service.recorder import Recorder
+
 
 class Observer:
-    """Starts ``Turn``s; holds the metrics and the tracer (None: tracing is off)."""
+    """Starts ``Turn``s; holds the metrics (``NoMetrics`` when they are off) and the tracer (None:
+    tracing is off)."""
 
-    def __init__(self, metrics: Metrics, tracer: Tracer | None = None) -> None:
+    def __init__(self, metrics: Recorder, tracer: Tracer | None = None) -> None:
         self.metrics = metrics
         self.tracer = tracer
 
@@ -121,8 +124,7 @@ class Turn:
             operation=self.operation,
         )
         tokens_in, tokens_out = self._input or 0, self._output or 0
-        cost = self.prices.cost(self.model, tokens_in, tokens_out) / NANO_PER_USD
-        self._metrics.record_usage(self.identity, tokens_in, tokens_out, cost)
+        self._metrics.record_usage(self.identity, self.model, self.prices, tokens_in, tokens_out)
         self._end_call_span("")
 
     def failed(self, error: ChatError, *, upstream: bool = True) -> None:

@@ -19,8 +19,8 @@ from chatbot_service.conversation import Message, Prompt, fit
 from chatbot_service.errors import BadRequest, ChatError, MessageTooLong, SessionNotFound
 from chatbot_service.guard import OPEN, Caller, Guard
 from chatbot_service.holder import SettingsHolder
-from chatbot_service.metrics import Metrics
 from chatbot_service.observe import Observer, Turn
+from chatbot_service.recorder import NoMetrics
 from chatbot_service.relay import Relay
 from chatbot_service.sessions import Stores
 from chatbot_service.settings import Settings
@@ -60,7 +60,7 @@ class ChatService:
         self.holder = holder
         self.stores = stores
         self.upstream = upstream
-        self.observer = observer or Observer(Metrics())
+        self.observer = observer or Observer(NoMetrics())  # the terminal bot: no /metrics to serve
         self.metrics = self.observer.metrics
         self.guard = guard or Guard(stores)
         self.compactor = Compactor(upstream, self.metrics, self.guard)

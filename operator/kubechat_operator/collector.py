@@ -22,7 +22,7 @@ import urllib3
 
 from kubechat_operator.controller import Controller
 from kubechat_operator.kube import ApiError, Kube
-from kubechat_operator.render import BOT_LABEL
+from kubechat_operator.render import BOT_LABEL, METRICS_LABEL
 from kubechat_operator.tracking import BotKey
 from kubechat_operator.usage import PodTarget, Reading, bot_pods, counts_from_text, fold, merge_patch
 
@@ -88,7 +88,9 @@ class UsageCollector:
             return 0
         pods: dict[tuple[str, str], list[PodTarget]] = {}
         for namespace in self.namespaces:
-            pods.update(bot_pods(self.kube.list_pods(namespace, SELECTOR), BOT_LABEL))
+            pods.update(
+                bot_pods(self.kube.list_pods(namespace, SELECTOR), BOT_LABEL, off_label=METRICS_LABEL)
+            )
         readable = [p for key in targets for p in pods.get(key, ()) if p.url]
         with ThreadPoolExecutor(max_workers=max(1, min(self.parallel, len(readable)))) as pool:
             found = {r.pod_uid: r for r in pool.map(self._read, readable) if r is not None}

@@ -30,6 +30,7 @@ BOT_LABEL = "kubechat.dev/bot"
 # operator ran left behind.
 BOT_NAMESPACE_LABEL = "kubechat.dev/bot-namespace"
 BOT_UID_LABEL = "kubechat.dev/bot-uid"
+METRICS_LABEL = "kubechat.dev/metrics"  # "off" on the pods of a bot with spec.observability.metrics false
 
 # Measured: ~100 MiB RSS idle (bench/service_memory.py), ~175 MiB with the session store full
 # (its budget from the 256Mi limit).
@@ -179,6 +180,8 @@ def _env(bot: str, spec: BotSpec) -> list[dict[str, Any]]:
     ]
     if spec.api_keys_secret:
         env.append({"name": "KUBECHAT_API_KEYS_DIR", "value": API_KEYS_DIR})
+    if not spec.observability.metrics:  # only then: the pods of every other bot stay as they were
+        env.append({"name": "KUBECHAT_METRICS", "value": "off"})
     app_config = spec.app_configuration
     if app_config:
         if app_config.endpoint:
@@ -286,6 +289,8 @@ def render_bot(bot: Bot, defaults: OperatorDefaults) -> Children:
         )
         container["volumeMounts"].append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
     pod_labels = labels(name)
+    if not spec.observability.metrics:
+        pod_labels[METRICS_LABEL] = "off"  # the chart's PodMonitor and the usage collector skip these pods
     if spec.uses_workload_identity:
         # Azure workload identity: the webhook injects AZURE_CLIENT_ID, AZURE_TENANT_ID and the token file
         # into pods carrying this label whose service account names the identity.

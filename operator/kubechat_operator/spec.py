@@ -116,6 +116,14 @@ class Context:
 
 
 @dataclass(frozen=True)
+class Observability:
+    """``metrics: false``: the pods serve no ``/metrics`` (``KUBECHAT_METRICS=off``), so Prometheus and
+    the usage collector leave them alone: the bot's ``status.usage`` does not grow."""
+
+    metrics: bool = True
+
+
+@dataclass(frozen=True)
 class Resources:
     """Container requests and limits, quantities as the user wrote them (the schema validates them)."""
 
@@ -148,6 +156,7 @@ class BotSpec:
     resources: Resources | None = None
     service_account_name: str | None = None
     service: Service = field(default_factory=Service)
+    observability: Observability = field(default_factory=Observability)
     # Who may call and how much they may spend: passed to the chat service as they are, which parses and
     # validates them (chatbot_service.policy is their typed model); the operator reads only what it renders.
     access: Mapping[str, Any] | None = None
@@ -247,6 +256,7 @@ def parse(raw_spec: Mapping[str, Any] | None) -> BotSpec:
     redis_ref = _obj(store.get("redisUrlSecretRef"))
     resources = _obj(s.get("resources"))
     context = _obj(s.get("context"))
+    observability = _obj(s.get("observability"))
     return BotSpec(
         system_prompt=_opt_str(s.get("systemPrompt")),
         system_prompt_from=PromptSource(
@@ -313,6 +323,7 @@ def parse(raw_spec: Mapping[str, Any] | None) -> BotSpec:
         service=Service(
             str(svc.get("type", DEFAULT_SERVICE_TYPE)), int(svc.get("port", DEFAULT_SERVICE_PORT))
         ),
+        observability=Observability(bool(observability.get("metrics", True))),
         access=dict(s["access"]) if isinstance(s.get("access"), Mapping) and s["access"] else None,
         limits=dict(s["limits"]) if isinstance(s.get("limits"), Mapping) and s["limits"] else None,
     )

@@ -180,11 +180,12 @@ class PodTarget:
 
 
 def bot_pods(
-    pods: Iterable[Mapping[str, Any]], bot_label: str, path: str = "/metrics"
+    pods: Iterable[Mapping[str, Any]], bot_label: str, path: str = "/metrics", *, off_label: str = ""
 ) -> dict[tuple[str, str], list[PodTarget]]:
     """The pods of a pod list grouped by bot (namespace, ``bot_label``'s value). A pod that has
     terminated or is being deleted is not alive; one that is not Ready, has no IP or no port named
-    ``http`` is alive but not read."""
+    ``http``, or whose ``off_label`` says ``off`` (its metrics are off: nothing to read), is alive but
+    not read."""
     found: dict[tuple[str, str], list[PodTarget]] = {}
     for pod in pods:
         meta, spec, status = pod.get("metadata") or {}, pod.get("spec") or {}, pod.get("status") or {}
@@ -207,7 +208,7 @@ def bot_pods(
         )
         ip = status.get("podIP")
         url = None
-        if ready and ip and port:
+        if ready and ip and port and not (off_label and (meta.get("labels") or {}).get(off_label) == "off"):
             host = f"[{ip}]" if ":" in ip else ip
             url = f"http://{host}:{int(port)}{path}"
         found.setdefault((str(meta.get("namespace")), str(bot)), []).append(PodTarget(str(meta["uid"]), url))

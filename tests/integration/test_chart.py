@@ -19,7 +19,7 @@ from typing import Any
 import httpx2
 import pytest
 import yaml
-from kubechat_operator.render import BOT_LABEL, OperatorDefaults
+from kubechat_operator.render import BOT_LABEL, METRICS_LABEL, OperatorDefaults
 from kubechat_operator.render import render as render_bot
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -161,6 +161,12 @@ def test_observability_objects_are_off_by_default_and_target_the_bots_pods(helm:
     pod = render_bot(bot, OperatorDefaults()).deployment["spec"]["template"]
     selected = monitor["spec"]["selector"]["matchLabels"]
     assert selected.items() <= pod["metadata"]["labels"].items()
+    # ... but not the pods of a bot with its metrics off (they answer /metrics with 404).
+    (unless,) = monitor["spec"]["selector"]["matchExpressions"]
+    quiet = {**bot, "spec": {"systemPrompt": "x", "observability": {"metrics": False}}}
+    quiet_labels = render_bot(quiet, OperatorDefaults()).deployment["spec"]["template"]["metadata"]["labels"]
+    assert unless == {"key": METRICS_LABEL, "operator": "NotIn", "values": ["off"]}
+    assert quiet_labels[METRICS_LABEL] == "off" and METRICS_LABEL not in pod["metadata"]["labels"]
     assert monitor["spec"]["namespaceSelector"] == {"any": True}
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert endpoint["path"] == "/metrics"

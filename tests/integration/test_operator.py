@@ -235,6 +235,26 @@ def test_compaction_in_the_spec_reaches_the_pods(bots: Bots) -> None:
     }
 
 
+def test_metrics_off_in_the_spec_reaches_the_pods(bots: Bots) -> None:
+    bots.secret()
+    bots.create(bot_manifest("quiet", observability={"metrics": False}))
+    bots.create(bot_manifest("scraped", observability={}))
+    # The API server kept the field (not pruned) and defaulted it where it was left out.
+    assert bots.get("quiet")["spec"]["observability"] == {"metrics": False}
+    assert bots.get("scraped")["spec"]["observability"] == {"metrics": True}
+
+    def template(name: str) -> Any:
+        return eventually(
+            lambda: bots.deployment(name).spec.template, timeout=60, what=f"{name}'s Deployment"
+        )
+
+    quiet, scraped = template("quiet"), template("scraped")
+    assert quiet.metadata.labels["kubechat.dev/metrics"] == "off"
+    assert {(e.name, e.value) for e in quiet.spec.containers[0].env} >= {("KUBECHAT_METRICS", "off")}
+    assert "kubechat.dev/metrics" not in scraped.metadata.labels
+    assert "KUBECHAT_METRICS" not in {e.name for e in scraped.spec.containers[0].env}
+
+
 def test_kubectl_scale_scales_without_a_rollout(bots: Bots, cluster: ClusterInfo) -> None:
     bots.secret()
     bots.create(bot_manifest("scaled"))

@@ -4,7 +4,7 @@ import copy
 import json
 from typing import Any
 
-from kubechat_operator.render import OperatorDefaults, render, settings_data
+from kubechat_operator.render import METRICS_LABEL, OperatorDefaults, render, settings_data
 from kubechat_operator.spec import parse
 
 
@@ -242,3 +242,17 @@ def test_a_keyless_azure_openai_bot_gets_the_workload_identity_label_and_its_set
     assert "azure.workload.identity/use" not in children.deployment["spec"]["template"]["metadata"]["labels"]
     assert children.config_map["data"]["azure_openai_api_version"] == "2024-10-21"
     assert parse(keyed["spec"]).secret_refs() == [("aoai", "key1", "azure_openai_api_key")]
+
+
+def test_metrics_off_reaches_the_pods_as_an_env_var_and_a_label() -> None:
+    quiet = render(bot(observability={"metrics": False}), OperatorDefaults()).deployment["spec"]["template"]
+    (container,) = quiet["spec"]["containers"]
+    assert {"name": "KUBECHAT_METRICS", "value": "off"} in container["env"]
+    assert quiet["metadata"]["labels"][METRICS_LABEL] == "off"
+    # On (the default, or said): the pods are exactly as they were before the field existed.
+    default = render(bot(), OperatorDefaults()).deployment["spec"]["template"]
+    assert render(bot(observability={"metrics": True}), OperatorDefaults()).deployment["spec"][
+        "template"
+    ] == (default)
+    assert "KUBECHAT_METRICS" not in {e["name"] for e in default["spec"]["containers"][0]["env"]}
+    assert METRICS_LABEL not in default["metadata"]["labels"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kubechat_operator.render import BOT_LABEL
+from kubechat_operator.render import BOT_LABEL, METRICS_LABEL
 from kubechat_operator.usage import (
     Counts,
     PodTarget,
@@ -141,3 +141,11 @@ def test_bot_pods_are_alive_and_read_only_when_ready_with_an_address() -> None:
         PodTarget("no-ip", None),
         PodTarget("v6", "http://[fd00::5]:8080/metrics"),
     ]
+
+
+def test_pods_of_a_bot_with_metrics_off_are_alive_but_not_read() -> None:
+    quiet = _pod("quiet", meta={"labels": {BOT_LABEL: "b", METRICS_LABEL: "off"}})
+    found = bot_pods([_pod("ready"), quiet], BOT_LABEL, off_label=METRICS_LABEL)
+    assert found["ns", "b"] == [PodTarget("ready", "http://10.1.2.3:8080/metrics"), PodTarget("quiet", None)]
+    # Without off_label every ready pod is read, the label notwithstanding.
+    assert bot_pods([quiet], BOT_LABEL)["ns", "b"] == [PodTarget("quiet", "http://10.1.2.3:8080/metrics")]
