@@ -32,7 +32,9 @@ def one_round(archives: list[Path]) -> dict[Path, float]:
     try:
         for archive in archives:
             started = time.monotonic()
-            subprocess.run([*ctr, "images", "import", str(archive)], check=True, capture_output=True)
+            done = subprocess.run([*ctr, "images", "import", str(archive)], capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"ctr images import {archive} failed: {done.stderr.strip()}")
             times[archive] = time.monotonic() - started
     finally:
         proc.terminate()
