@@ -31,7 +31,7 @@ BOT_LABEL = "kubechat.dev/bot"
 BOT_NAMESPACE_LABEL = "kubechat.dev/bot-namespace"
 BOT_UID_LABEL = "kubechat.dev/bot-uid"
 
-# Measured: ~100 MiB RSS idle (bench/service_memory.py), ~175 MiB with the session store full
+# Measured: ~90 MiB RSS idle (bench/service_memory.py), ~175 MiB with the session store full
 # (its budget from the 256Mi limit).
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
 
