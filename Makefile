@@ -74,8 +74,9 @@ node-deps:
 
 # What the tests run for real: Redis (session stores, shared limits), Chromium (the chat page, driven by
 # Playwright from PyPI: its own browser download cannot work here and is never called), Prometheus (the
-# dashboard's queries), Lua 5.1 (the Argo CD health check, Argo CD's dialect).
-TEST_PACKAGES := redis-server chromium prometheus lua5.1
+# dashboard's queries), Lua 5.1 (the Argo CD health check, Argo CD's dialect), jemalloc (the chatbot image's
+# allocator, which the memory tests run the bot with).
+TEST_PACKAGES := redis-server chromium prometheus lua5.1 libjemalloc2
 
 test-deps:
 	@$(call debian,the tests,$(TEST_PACKAGES),)

@@ -9,10 +9,12 @@
    tables built from it, then the dict dropped and the freed pages handed back. Last, what a default
    bot does not load (Redis, the Azure SDKs: imported only when configured), for the record.
 2. **Processes.** A real ``kubechat serve`` (this tree's and ``--baseline``'s, interleaved, each round
-   in fresh processes) against ``bench/upstream`` (the zero-latency Go upstream of service_overhead.py):
-   VmRSS, RssAnon and RssFile 2 s after ``/readyz`` answers, and again after 60 requests (plain and
-   streamed ``/v1/chat/completions``, ``/chat``). Memory does not depend on the machine's load the way
-   timings do, so these are absolute figures; medians over the rounds.
+   in fresh processes; this tree's also with the allocator its image gives it, jemalloc: the
+   ``LD_PRELOAD`` and ``MALLOC_CONF`` of images/chatbot.Dockerfile) against ``bench/upstream`` (the
+   zero-latency Go upstream of service_overhead.py): VmRSS, RssAnon and RssFile 2 s after ``/readyz``
+   answers, and again after 60 requests (plain and streamed ``/v1/chat/completions``, ``/chat``).
+   Memory does not depend on the machine's load the way timings do, so these are absolute figures;
+   medians over the rounds.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
+DOCKERFILE = BENCH.parent / "images" / "chatbot.Dockerfile"
 sys.path.insert(0, str(BENCH))  # the sibling scripts are not a package
 from memory_parts import FIELDS, MODEL, status  # noqa: E402
 
@@ -49,6 +53,13 @@ def parts(python: str, env: dict[str, str]) -> list[list[str]]:
 
 
 # -- 2. real processes ---------------------------------------------------------------------
+
+
+def image_allocator() -> dict[str, str]:
+    """``LD_PRELOAD`` and ``MALLOC_CONF`` as the chatbot image's ENV sets them."""
+    text = DOCKERFILE.read_text()
+    found = {name: re.search(rf"\b{name}=(\S+)", text) for name in ("LD_PRELOAD", "MALLOC_CONF")}
+    return {name: match[1] for name, match in found.items() if match}
 
 
 def post(url: str, body: dict[str, Any]) -> None:
@@ -130,21 +141,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = ["## What each part adds (VmRSS, MiB; one interpreter, in import order)", ""]
             header = ["step", "adds", "VmRSS", "RssAnon"]
             out += table(header, parts(sys.executable, env))
-            trees = [("this tree", kubechat)]
+            allocator = image_allocator()
+            trees = [
+                ("this tree", kubechat, env),
+                ("this tree, image allocator", kubechat, {**env, **allocator}),
+            ]
             if args.baseline:
-                trees.insert(0, ("baseline", str(args.baseline)))
-            results: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name, _ in trees}
+                trees.insert(0, ("baseline", str(args.baseline), env))
+            results: dict[str, list[dict[str, dict[str, float]]]] = {name: [] for name, _, _ in trees}
             for round_ in range(1, args.rounds + 1):
-                for name, executable in trees:
-                    results[name].append(measure_process(procs, executable, env, logs, f"{name}-{round_}"))
+                for name, executable, tree_env in trees:
+                    label = f"{name}-{round_}".replace(" ", "_").replace(",", "")
+                    results[name].append(measure_process(procs, executable, tree_env, logs, label))
                     print(f"  {name} #{round_}: {results[name][-1]}", file=sys.stderr, flush=True)
         finally:
             procs.stop_all()
     out += ["", f"## kubechat serve, model {MODEL} (MiB, median of {args.rounds} fresh processes)", ""]
     header = ["process", *(f"{f} ready" for f in FIELDS), *(f"{f} after 60 requests" for f in FIELDS)]
     rows = []
-    for name, executable in trees:
-        cells = [f"{name} ({executable})"]
+    for name, executable, tree_env in trees:
+        extra = " ".join(f"{k}={v}" for k, v in allocator.items()) if tree_env is not env else ""
+        cells = [f"{name} ({executable}{' ' + extra if extra else ''})"]
         for phase in ("ready", "after"):
             cells += [f"{statistics.median(r[phase][f] for r in results[name]):.1f}" for f in FIELDS]
         rows.append(cells)

@@ -528,11 +528,16 @@ class Bench:
         for round_ in range(1, self.args.rounds + 1):
             for name, executable in ((BASELINE, str(self.args.baseline)), ("kubechat", self.kubechat)):
                 label = f"{name} #{round_}"
+                tree_env = env
+                if name != BASELINE and self.args.image_allocator:
+                    from service_memory import image_allocator  # a sibling script, as memory_parts
+
+                    tree_env = {**env, **image_allocator()}
                 port = free_port()
                 base_url = f"http://127.0.0.1:{port}"
                 argv = [executable, "serve", "--host", "127.0.0.1", "--port", str(port)]
                 argv += ["--log-level", self.args.log_level]
-                pid = self.start_python(label, argv, env, "/readyz", port)
+                pid = self.start_python(label, argv, tree_env, "/readyz", port)
                 time.sleep(2)  # idle: startup work and its garbage are done
                 idle = rss_mb(pid)
                 self.prime(label, pid, base_url + "/v1/chat/completions")
@@ -868,6 +873,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds of the --baseline comparison (default 3)"
+    )
+    parser.add_argument(
+        "--image-allocator",
+        action="store_true",
+        help="run this tree's kubechat (not the baseline) on the chatbot image's allocator: the LD_PRELOAD "
+        "and MALLOC_CONF of images/chatbot.Dockerfile (jemalloc)",
     )
     args = parser.parse_args(argv)
     if args.pin and (shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2):

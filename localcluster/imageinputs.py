@@ -35,10 +35,11 @@ CONTEXT = ("pyproject.toml", "README.md", "chatbot_service", "operator")
 ENCODINGS_CONTEXT = Path("images") / "tiktoken"  # seeded here for the chatbot image's COPY
 
 # The stand-in for python:3.11-slim-bookworm: Debian's python3, pip for the builder stage, the accounts
-# tools for the final stage's useradd, the CA bundle (httpx2 verifies with the system store). No docs; the
+# tools for the final stage's useradd, the CA bundle (httpx2 verifies with the system store), jemalloc (the
+# chatbot image's allocator: images/chatbot.Dockerfile installs it where a base lacks it). No docs; the
 # stdlib's .pyc hash-based (Debian compiles them by timestamp, and buildah fixes every mtime).
 BASE_SUITE = "bookworm"
-BASE_PACKAGES = ("python3", "python3-pip", "python-is-python3", "passwd", "ca-certificates")
+BASE_PACKAGES = ("python3", "python3-pip", "python-is-python3", "passwd", "ca-certificates", "libjemalloc2")
 BASE_EXCLUDES = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/locale/*", "/usr/share/info/*")
 BASE_HOOKS = (
     'chroot "$1" sh -c "python3 -m compileall -qfj0 --invalidation-mode unchecked-hash /usr/lib/python3*"',

@@ -32,7 +32,7 @@ BOT_NAMESPACE_LABEL = "kubechat.dev/bot-namespace"
 BOT_UID_LABEL = "kubechat.dev/bot-uid"
 METRICS_LABEL = "kubechat.dev/metrics"  # "off" on the pods of a bot with spec.observability.metrics false
 
-# Measured: ~100 MiB RSS idle (bench/service_memory.py), ~175 MiB with the session store full
+# Measured: ~90 MiB RSS idle (bench/service_memory.py), ~175 MiB with the session store full
 # (its budget from the 256Mi limit).
 DEFAULT_RESOURCES = {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}}
 

@@ -1,11 +1,13 @@
 """The in-memory store is bounded by bytes: a real ``kubechat serve`` process, told its pod's memory
 limit as the operator tells it, is filled with large and non-ASCII conversations past its budget; its
-RSS (read from /proc) stays under the limit, old sessions are evicted and it keeps answering."""
+RSS (read from /proc) stays under the limit, old sessions are evicted and it keeps answering. The bot runs
+with the allocator the chatbot image gives it (jemalloc, its ``LD_PRELOAD`` and ``MALLOC_CONF``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +24,16 @@ from tests.support.servers import free_port
 
 MiB = 1 << 20
 LIMIT = 256 * MiB
+DOCKERFILE = Path(__file__).resolve().parents[2] / "images" / "chatbot.Dockerfile"
+
+
+def image_allocator() -> dict[str, str]:
+    """The allocator settings the chatbot image's ENV gives every bot."""
+    found = {
+        name: re.search(rf"\b{name}=(\S+)", DOCKERFILE.read_text()) for name in ("LD_PRELOAD", "MALLOC_CONF")
+    }
+    assert all(found.values()), f"{DOCKERFILE} no longer sets LD_PRELOAD and MALLOC_CONF: {found}"
+    return {name: match[1] for name, match in found.items() if match}
 
 
 def status(pid: int) -> dict[str, int]:
@@ -47,6 +59,7 @@ def served_bot(upstream: FakeOpenAI, tiktoken_cache: Path) -> Iterator[tuple[str
         "KUBECHAT_MAX_RETRIES": "0",
         "KUBECHAT_MEMORY_LIMIT": str(LIMIT),  # the downward API's limits.memory
         "KUBECHAT_LOG_LEVEL": "warning",
+        **image_allocator(),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "chatbot_service.cli", "serve", "--port", str(port)], env=env
@@ -62,6 +75,8 @@ def served_bot(upstream: FakeOpenAI, tiktoken_cache: Path) -> Iterator[tuple[str
                 pass
             assert process.poll() is None and time.monotonic() < deadline, "the bot did not start"
             time.sleep(0.1)
+        maps = Path(f"/proc/{process.pid}/maps").read_text()
+        assert "libjemalloc" in maps, "jemalloc is missing: apt-get install libjemalloc2 (make test-deps)"
         yield url, process.pid
     finally:
         process.terminate()

@@ -13,7 +13,7 @@ from chatbot_service.memory import (
 
 def test_the_store_gets_a_share_of_what_the_idle_process_and_requests_leave() -> None:
     assert store_budget(256 * MiB) == int((256 * MiB - BASELINE - IN_FLIGHT) * STORE_SHARE)
-    assert 50 * MiB < store_budget(256 * MiB) < 64 * MiB
+    assert 50 * MiB < store_budget(256 * MiB) < 70 * MiB
     assert store_budget(1024 * MiB) > 400 * MiB
     assert store_budget(64 * MiB) == MIN_STORE  # a limit below the baseline still keeps a few sessions
 
