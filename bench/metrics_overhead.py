@@ -110,8 +110,8 @@ def run(bench: Bench) -> float:
     return scrape_us
 
 
-def spread(values: Sequence[float]) -> str:
-    return f"{min(values):+.3f} to {max(values):+.3f}"
+def spread(values: Sequence[float], sign: str = "") -> str:
+    return f"{min(values):{sign}.3f} to {max(values):{sign}.3f}"
 
 
 def report(bench: Bench, scrape_us: float, load_before: tuple[float, float, float], began: float) -> str:
@@ -153,7 +153,7 @@ def report(bench: Bench, scrape_us: float, load_before: tuple[float, float, floa
                     f"{p50_off:.3f}",
                     f"{p50_on:.3f}",
                     f"{p50_on - p50_off:+.3f}",
-                    f"{statistics.median(gaps):+.3f} ({spread(gaps)})",
+                    f"{statistics.median(gaps):+.3f} ({spread(gaps, '+')})",
                     f"{rps_off:,.0f} / {rps_on:,.0f}",
                     f"{others_off:.0f}% / {others_on:.0f}%",
                 ]
