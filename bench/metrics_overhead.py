@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/metrics_overhead.py                     # about 3 minutes
     .venv/bin/python bench/metrics_overhead.py --rounds 3 --seconds 3 --concurrency 1,8
+    .venv/bin/python bench/metrics_overhead.py --together          # a busy machine: both loaded at once
 
 The set-up is ``bench/service_overhead.py``'s, imported from it (not copied): the zero-latency Go upstream
 and the Go keep-alive load generator pinned on CPU 0, the process under test alone on CPU 1. Each round
@@ -29,6 +30,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -97,6 +99,16 @@ def run(bench: Bench) -> float:
         order = (ON, OFF) if round_ % 2 else (OFF, ON)
         started = {name: start(bench, f"{name} #{round_}", envs[name]) for name in order}
         for mode in MODES:
+            if bench.args.together:  # both at once: the machine's noise falls on both at the same moments
+                with ThreadPoolExecutor(2) as pool:
+                    for done in [
+                        pool.submit(
+                            bench.measure, name, started[name][1], ROUTE, mode, mode, started[name][0]
+                        )
+                        for name in order
+                    ]:
+                        done.result()
+                continue
             for name in order:
                 pid, base = started[name]
                 bench.measure(name, base, ROUTE, mode, mode, pid)
@@ -110,8 +122,8 @@ def run(bench: Bench) -> float:
     return scrape_us
 
 
-def spread(values: Sequence[float]) -> str:
-    return f"{min(values):+.3f} to {max(values):+.3f}"
+def spread(values: Sequence[float], sign: str = "") -> str:
+    return f"{min(values):{sign}.3f} to {max(values):{sign}.3f}"
 
 
 def report(bench: Bench, scrape_us: float, load_before: tuple[float, float, float], began: float) -> str:
@@ -153,7 +165,7 @@ def report(bench: Bench, scrape_us: float, load_before: tuple[float, float, floa
                     f"{p50_off:.3f}",
                     f"{p50_on:.3f}",
                     f"{p50_on - p50_off:+.3f}",
-                    f"{statistics.median(gaps):+.3f} ({spread(gaps)})",
+                    f"{statistics.median(gaps):+.3f} ({spread(gaps, '+')})",
                     f"{rps_off:,.0f} / {rps_on:,.0f}",
                     f"{others_off:.0f}% / {others_on:.0f}%",
                 ]
@@ -175,10 +187,15 @@ def report(bench: Bench, scrape_us: float, load_before: tuple[float, float, floa
         f"after: {after[0]:.2f} {after[1]:.2f} {after[2]:.2f}. Run took {time.monotonic() - began:.0f} s; "
         f"warm-up {bench.args.warmup:g} s + {bench.args.seconds:g} s per row, "
         + ("pinned" if bench.pin else "NOT pinned")
+        + (
+            "; both processes loaded at once (--together: others on CPU 1 include the other one)"
+            if bench.args.together
+            else ""
+        )
         + ".",
     ]
     disturbed = [r for r in bench.rows if (r.others_on_test_cpu or 0.0) > 10]
-    if disturbed:
+    if disturbed and not bench.args.together:
         out.append(f"DISTURBED: other processes took over 10% of CPU {TEST_CPU} in {len(disturbed)} rows.")
     failed = [r.load for r in bench.rows if r.load.errors]
     if failed:
@@ -195,6 +212,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="info", help="of the servers (default info: access log on)")
     parser.add_argument(
         "--tiktoken-from", type=Path, default=REPO.parent / "shared" / "tiktoken", help="encodings to seed"
+    )
+    parser.add_argument(
+        "--together",
+        action="store_true",
+        help="load both processes at once, sharing CPU 1 (for a busy machine: its noise then falls on both "
+        "alike; read CPU per request, not p50, which then includes their sharing)",
     )
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not use taskset")
     parser.add_argument("--logs", type=Path, help="keep the servers' logs in this folder")
