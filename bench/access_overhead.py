@@ -39,18 +39,9 @@ from tests.support.fake_azure.tls import TestCA  # noqa: E402
 from tests.support.oidc_issuer import Issuer  # noqa: E402
 from tests.support.servers import serving  # noqa: E402
 
-API_KEY = "kc-bench-2f6e1a9d7c3b5e48"
+API_KEY = so.API_KEY
 AUDIENCE = "api://bench"
-BIG = 10**12
-LIMITS = {
-    "perIdentity": {
-        "requestsPerMinute": BIG,
-        "tokensPerMinute": BIG,
-        "tokens": {"day": BIG},
-        "cost": {"month": 1_000_000},
-    },
-    "bot": {"tokens": {"day": BIG}},
-}
+LIMITS = so.LIMITS
 
 
 def configurations(issuer: Issuer, keys_dir: Path, redis_url: str) -> dict[str, dict[str, str]]:

@@ -44,6 +44,23 @@ MODEL = "gpt-4o-mini"
 PROMPT = "Hello! How are you today?"
 CHAT_MESSAGE = "Hello! What can you tell me about Kubernetes operators?"
 BASELINE = "kubechat (baseline)"
+BARE = "bare pass-through"
+FEATURED = "kubechat, every feature on"
+API_KEY = "kc-bench-2f6e1a9d7c3b5e48"
+BIG = 10**12
+# High enough never to refuse, so every request pays the whole path: authenticate, plan, reserve, settle.
+LIMITS = {
+    "perIdentity": {
+        "requestsPerMinute": BIG,
+        "tokensPerMinute": BIG,
+        "tokens": {"day": BIG},
+        "cost": {"month": 1_000_000},
+    },
+    "bot": {"tokens": {"day": BIG}},
+}
+# The performance goals (shared/notes/performance.md), for kubechat with every feature on.
+GOAL_RPS_RATIO = 2.0  # at least twice the bare pass-through's rps per core
+GOAL_ADDED_P50 = {"plain": 0.6, "stream": 1.0}  # ms, at c=1
 LOAD_CPU = "0"
 TEST_CPU = "1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -425,9 +442,11 @@ class Bench:
         base: str,
         pid: int | None,
         body: Callable[[bool], str] = completion_body,
+        headers: Sequence[str] = (),
     ) -> None:
         for c in self.args.concurrency:
             extra = ["-message", CHAT_MESSAGE] if mode == "chat" else ["-body", body(mode == "stream")]
+            extra += headers
             before, busy_before, started = (
                 cpu_seconds(pid) if pid else 0.0,
                 cpu_busy_seconds(TEST_CPU),
@@ -457,11 +476,12 @@ class Bench:
         self._current = proc
         return proc.pid
 
-    def prime(self, name: str, pid: int, url: str) -> None:
+    def prime(self, name: str, pid: int, url: str, headers: Sequence[str] = ()) -> None:
         """First requests (lazy loading, connection set-up) before anything is measured; RSS before/after."""
         ready = rss_mb(pid)
-        first = self.load.run(url, "plain", 1, "-body", completion_body(False), "-requests", "1", warmup=0.0)
-        self.load.run(url, "plain", 1, "-body", completion_body(False), warmup=0.0, seconds=1.0)
+        body = ["-body", completion_body(False), *headers]
+        first = self.load.run(url, "plain", 1, *body, "-requests", "1", warmup=0.0)
+        self.load.run(url, "plain", 1, *body, warmup=0.0, seconds=1.0)
         self.memory[name] = Memory(ready, rss_mb(pid), None, first.p50)
 
     def stop_current(self, name: str) -> None:
@@ -522,10 +542,41 @@ class Bench:
                 flush=True,
             )
 
-    def compare(self, env: dict[str, str]) -> None:
+    def compare(self, env: dict[str, str], upstream: str) -> None:
         """This tree's kubechat and ``--baseline`` (another tree's ``kubechat``), interleaved round by
-        round, each in a fresh process: /v1 plain and streamed, and /chat."""
+        round, each in a fresh process: /v1 plain and streamed, and /chat. Each round also measures
+        the bare pass-through and this tree with every feature on (an API key, limits in memory,
+        metrics), /v1 plain and streamed: the goals of performance.md are ratios between those two."""
+        keys = self.logs / "api-keys"
+        keys.mkdir(exist_ok=True)
+        (keys / "bench").write_text(API_KEY)
+        featured = env | {
+            "KUBECHAT_ACCESS": '{"apiKeys": {}}',
+            "KUBECHAT_API_KEYS_DIR": str(keys),
+            "KUBECHAT_LIMITS": json.dumps(LIMITS),
+        }
+        auth = ["-header", f"Authorization: Bearer {API_KEY}"]
         for round_ in range(1, self.args.rounds + 1):
+            label = f"{BARE} #{round_}"
+            port = free_port()
+            argv = [sys.executable, str(BENCH / "bare_passthrough.py"), "--port", str(port)]
+            argv += ["--base-url", upstream + "/v1", "--log-level", self.args.log_level]
+            pid = self.start_python(label, argv, env, "/healthz", port)
+            self.prime(label, pid, f"http://127.0.0.1:{port}/v1/chat/completions")
+            for mode in ("plain", "stream"):
+                self.measure(BARE, f"http://127.0.0.1:{port}", "/v1/chat/completions", mode, mode, pid)
+            self.stop_current(label)
+
+            label = f"{FEATURED} #{round_}"
+            port = free_port()
+            argv = [self.kubechat, "serve", "--host", "127.0.0.1", "--port", str(port)]
+            argv += ["--log-level", self.args.log_level]
+            pid = self.start_python(label, argv, featured, "/readyz", port)
+            url = f"http://127.0.0.1:{port}"
+            self.prime(label, pid, url + "/v1/chat/completions", auth)
+            for mode in ("plain", "stream"):
+                self.measure(FEATURED, url, "/v1/chat/completions", mode, mode, pid, headers=auth)
+            self.stop_current(label)
             for name, executable in ((BASELINE, str(self.args.baseline)), ("kubechat", self.kubechat)):
                 label = f"{name} #{round_}"
                 tree_env = env
@@ -562,7 +613,7 @@ class Bench:
         for mode in ("plain", "stream"):
             self.measure("direct (the limit)", upstream, "/v1/chat/completions", mode, mode, None)
         if self.args.baseline:
-            self.compare(env)
+            self.compare(env, upstream)
             return
 
         port = free_port()
@@ -761,6 +812,37 @@ def baseline_table(bench: Bench, direct: dict[tuple[str, int], float]) -> list[s
     return table(header, "llrrrrrrrrrrr", rows)
 
 
+def goals_table(bench: Bench, direct: dict[tuple[str, int], float]) -> list[str]:
+    """This tree with every feature on against the bare pass-through of the same rounds, with the
+    goals: at least ``GOAL_RPS_RATIO`` times its rps per core, added p50 under ``GOAL_ADDED_P50`` at c=1."""
+    header = ["mode", "c", "rps, bare", "rps, every feature on", "ratio (goal >= 2)"]
+    header += ["CPU µs/req, bare", "every feature on", "added p50 ms, every feature on", "goal", "met"]
+    rows: list[list[object]] = []
+    for mode in ("plain", "stream"):
+        for c in bench.args.concurrency:
+            picked = {}
+            for target in (BARE, FEATURED):
+                of = [r for r in bench.rows if (r.target, r.mode, r.concurrency) == (target, mode, c)]
+                if not of:
+                    break
+                picked[target] = (
+                    statistics.median(r.load.rps for r in of),
+                    statistics.median(r.cpu_us_per_request or 0.0 for r in of),
+                    statistics.median(r.load.p50 - direct[(r.base, c)] for r in of),
+                )
+            if len(picked) < 2:
+                continue
+            (bare_rps, bare_cpu, _), (rps, cpu, added) = picked[BARE], picked[FEATURED]
+            ratio = rps / bare_rps
+            goal = GOAL_ADDED_P50[mode] if c == 1 else None
+            met = ratio >= GOAL_RPS_RATIO and (goal is None or added < goal)
+            cells: list[object] = [mode, c, f"{bare_rps:,.0f}", f"{rps:,.0f}", f"{ratio:.2f}"]
+            cells += [f"{bare_cpu:,.0f}", f"{cpu:,.0f}", f"{added:.3f}"]
+            cells += ["n/a" if goal is None else f"< {goal} ms", "yes" if met else "NO"]
+            rows.append(cells)
+    return table(header, "lrrrrrrrrl", rows)
+
+
 def report(bench: Bench, load_before: tuple[float, float, float], started: float) -> str:
     direct = {(r.mode, r.concurrency): r.load.p50 for r in bench.rows if r.target.startswith("direct")}
     out = ["", "## Side by side", "", *side_by_side(bench, direct)]
@@ -771,6 +853,8 @@ def report(bench: Bench, load_before: tuple[float, float, float], started: float
             f"medians of {bench.args.rounds} rounds)",
         ]
         out += ["", *baseline_table(bench, direct)]
+        out += ["", "## Every feature on (API key, limits in memory, metrics) against the bare pass-through"]
+        out += ["", *goals_table(bench, direct)]
     title = (
         "## In the columns of the reference figures (added p50 at c=1; rps: the best over the concurrencies)"
     )
@@ -868,8 +952,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--baseline",
         type=Path,
-        help="another tree's kubechat executable (e.g. ../main/.venv/bin/kubechat): compare it with this "
-        "tree's, interleaved in one run, instead of the bare pass-through, turn and Redis rows",
+        help="another tree's kubechat executable (e.g. ../main/.venv/bin/kubechat), or a tree with it in "
+        ".venv/bin: compare it with this tree's, interleaved in one run, with the bare pass-through and "
+        "this tree with every feature on in the same rounds, instead of the turn and Redis rows",
     )
     parser.add_argument(
         "--rounds", type=int, default=3, help="rounds of the --baseline comparison (default 3)"
@@ -881,6 +966,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "and MALLOC_CONF of images/chatbot.Dockerfile (jemalloc)",
     )
     args = parser.parse_args(argv)
+    if args.baseline is not None and args.baseline.is_dir():
+        args.baseline = args.baseline / ".venv" / "bin" / "kubechat"
+    if args.baseline is not None and not os.access(args.baseline, os.X_OK):
+        parser.error(f"--baseline: no kubechat executable at {args.baseline} (see bench/README.md)")
     if args.pin and (shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2):
         print("service_overhead: taskset or a second CPU is missing; running unpinned", file=sys.stderr)
         args.pin = False

@@ -14,7 +14,6 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Request
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.types import Scope
@@ -40,7 +39,7 @@ from chatbot_service.holder import SettingsHolder
 from chatbot_service.memory import memory_limit, release_freed, store_budget
 from chatbot_service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from chatbot_service.metrics import Metrics
-from chatbot_service.middleware import BodyLimit, CallerHeaders, HttpMetrics, SameOrigin, Unexpected
+from chatbot_service.middleware import Edge
 from chatbot_service.observe import Observer
 from chatbot_service.recorder import ENV as METRICS_ENV
 from chatbot_service.recorder import NoMetrics, Recorder, metrics_on
@@ -162,21 +161,17 @@ def create_app(
     app.state.holder = holder
     app.state.metrics = metrics
     app.state.guard = guard
-    # Outermost last: SameOrigin refuses foreign origins (preflights too, in JSON), CORS answers for
-    # the allowed ones, and only then is a body read.
-    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
-    app.add_middleware(CallerHeaders)
+    # One edge layer (``middleware.Edge``): metrics, the last guard, same origin, CORS (Starlette's),
+    # the body limit and the caller's headers, in that order, outermost first.
     app.add_middleware(
-        CORSMiddleware,
-        allow_origins=sorted(origins),
+        Edge,
+        metrics=metrics,
+        limit=MAX_BODY_BYTES,
+        allowed=origins,
         allow_methods=["GET", "POST", "DELETE"],
         allow_headers=["Content-Type", "Authorization"],
         expose_headers=["X-Kubechat-Prompt-Tokens", "X-Kubechat-Truncated", "Retry-After"],
     )
-    app.add_middleware(SameOrigin, allowed=origins)
-    app.add_middleware(Unexpected)
-    if metrics is not None:
-        app.add_middleware(HttpMetrics, metrics=metrics)  # outermost: every refusal and failure counts too
 
     install_error_handlers(app, seen=recorder.count_refusal)
     install_openapi(app)
@@ -267,8 +262,10 @@ def create_app(
         try:
             if not request.stream:
                 content = await ticket.guarded(upstream.complete_raw(settings, params))
-                await ticket.settle_raw(content)
-                turn.answered(_json_object(content))
+                answer = _json_object(content)  # parsed once, for the limits and the metrics
+                usage = answer.get("usage") if answer else None
+                await ticket.settle(usage if isinstance(usage, dict) else None)
+                turn.answered(answer)
                 turn.served()
                 return Response(content, media_type="application/json", headers=headers)
             opened = resources.enter_async_context(upstream.stream(settings, params))

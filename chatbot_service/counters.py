@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from chatbot_service.limits import BOT_SCOPE, Charge, Outcome, live
+from chatbot_service.limits import BOT_SCOPE, Charge, Outcome
 
 
 @dataclass
@@ -57,18 +57,21 @@ class MemoryCounters:
         self.max_counters = max_counters
         self._counters: OrderedDict[str, dict[int, int]] = OrderedDict()
 
-    def _buckets(self, charge: Charge) -> dict[int, int]:
+    def _live(self, charge: Charge) -> int:
+        """What the charge's window holds now, its buckets that aged out of it dropped first (so a
+        counter never holds more than its window): then the sum is of every bucket, without a test
+        per bucket (a rolling minute has 60, summed for every request)."""
         buckets = self._counters.get(charge.key)
-        if buckets is None:
-            return {}
-        if len(buckets) > charge.buckets:  # so a counter never holds more than its window and one
-            oldest = charge.index - charge.buckets
+        if not buckets:
+            return 0
+        oldest = charge.index - charge.buckets
+        if min(buckets) <= oldest:
             for index in [i for i in buckets if i <= oldest]:
                 del buckets[index]
-        return buckets
+        return sum(buckets.values())
 
     async def reserve(self, charges: Sequence[Charge], now: float, identity: str) -> Reservation:
-        outcomes = [Outcome(c, live(self._buckets(c), c)) for c in charges]
+        outcomes = [Outcome(c, self._live(c)) for c in charges]
         admitted = all(o.fits for o in outcomes)
         held = {
             c.key: dict(self._counters.get(c.key, {}))
@@ -94,7 +97,7 @@ class MemoryCounters:
                 buckets[charge.index] = max(buckets[charge.index] + delta, 0)
 
     async def used(self, charges: Sequence[Charge]) -> list[int]:
-        return [live(self._buckets(c), c) for c in charges]
+        return [self._live(c) for c in charges]
 
     async def identities(self) -> list[str]:
         scopes = {key.rsplit(":", 2)[0] for key in self._counters}

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import (
     CollectorRegistry,
@@ -31,11 +31,14 @@ from prometheus_client import (
     disable_created_metrics,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 
 from chatbot_service.prices import NANO_PER_USD, PriceTable
 
 if TYPE_CHECKING:
     from chatbot_service.errors import ChatError
+
+M = TypeVar("M", bound=MetricWrapperBase)
 
 # `_created` series double the exposition for nothing Prometheus needs from a bot.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -112,6 +115,7 @@ class Metrics:
 
     def __init__(self, provider: str = "openai") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[MetricWrapperBase, tuple[str, ...]], MetricWrapperBase] = {}
         self.provider = provider
         self.models = Bounded(MAX_MODELS)
         self.identities = Bounded(MAX_IDENTITIES)
@@ -240,7 +244,7 @@ class Metrics:
         for result in ("ok", "failed", "refused"):
             self.compactions.labels(result)
         for reason in REFUSAL_REASONS:
-            self.refusals.labels(reason)
+            self._child(self.refusals, reason)
 
     # -- GenAI -----------------------------------------------------------------------------
 
@@ -265,11 +269,11 @@ class Metrics:
     ) -> None:
         """One call to the model's API: its duration and, when known, the tokens it used."""
         labels = self._genai(request_model, response_model, operation)
-        self.operation_duration.labels(*labels, error_type).observe(seconds)
+        self._child(self.operation_duration, *labels, error_type).observe(seconds)
         if input_tokens is not None:
-            self.token_usage.labels(*labels, "input").observe(input_tokens)
+            self._child(self.token_usage, *labels, "input").observe(input_tokens)
         if output_tokens is not None:
-            self.token_usage.labels(*labels, "output").observe(output_tokens)
+            self._child(self.token_usage, *labels, "output").observe(output_tokens)
 
     def record_served(
         self,
@@ -285,48 +289,59 @@ class Metrics:
         """One GenAI request this bot answered (or failed): time to last byte and, for successful
         streams, time to first token and per output token after it."""
         labels = self._genai(request_model, response_model, operation)
-        self.request_duration.labels(*labels, error_type).observe(seconds)
+        self._child(self.request_duration, *labels, error_type).observe(seconds)
         if error_type or first_token_seconds is None:
             return
-        self.time_to_first_token.labels(*labels).observe(first_token_seconds)
+        self._child(self.time_to_first_token, *labels).observe(first_token_seconds)
         if output_tokens and output_tokens > 1:
             per_token = (seconds - first_token_seconds) / (output_tokens - 1)
-            self.time_per_output_token.labels(*labels).observe(max(per_token, 0.0))
+            self._child(self.time_per_output_token, *labels).observe(max(per_token, 0.0))
 
     # -- kubechat's own ----------------------------------------------------------------------
 
     def record_http(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.http_requests.labels(route, method, f"{status // 100}xx").inc()
-        self.http_duration.labels(route).observe(seconds)
+        self._child(self.http_requests, route, method, f"{status // 100}xx").inc()
+        self._child(self.http_duration, route).observe(seconds)
+
+    def _child(self, metric: M, *labels: str) -> M:
+        """``metric.labels(*labels)``, looked up once: ``labels()`` validates and takes a lock on every
+        call, several times per request. Bounded as the label values are (route templates, status
+        classes, ``Bounded`` models and identities); no child is ever removed."""
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child  # type: ignore[return-value]
 
     def record_upstream_error(self, code: str, status: int) -> None:
-        self.upstream_errors.labels(upstream_error_kind(code, status)).inc()
+        self._child(self.upstream_errors, upstream_error_kind(code, status)).inc()
 
     def record_fit(self, route: str, truncated: bool, dropped: int) -> None:
         if truncated:
-            self.trimmed.labels(route).inc()
+            self._child(self.trimmed, route).inc()
         if dropped:
-            self.dropped_messages.labels(route).inc(dropped)
+            self._child(self.dropped_messages, route).inc(dropped)
 
     def count_refusal(self, error: ChatError) -> None:
         """An error access control raised names its reason (``ChatError.refusal``)."""
         if error.refusal:
-            self.refusals.labels(error.refusal).inc()
+            self._child(self.refusals, error.refusal).inc()
 
     def record_usage(
         self, identity: str, model: str, prices: PriceTable, input_tokens: int, output_tokens: int
     ) -> None:
         """Tokens and their cost (costed here: with metrics off nothing is costed per request)."""
         who = self.identities(identity)
-        self.identity_tokens.labels(who, "input").inc(input_tokens)
-        self.identity_tokens.labels(who, "output").inc(output_tokens)
-        self.identity_cost.labels(who).inc(prices.cost(model, input_tokens, output_tokens) / NANO_PER_USD)
+        self._child(self.identity_tokens, who, "input").inc(input_tokens)
+        self._child(self.identity_tokens, who, "output").inc(output_tokens)
+        cost = prices.cost(model, input_tokens, output_tokens) / NANO_PER_USD
+        self._child(self.identity_cost, who).inc(cost)
 
     def record_compaction(self, result: str) -> None:
-        self.compactions.labels(result).inc()
+        self._child(self.compactions, result).inc()
 
     def record_reload(self, ok: bool) -> None:
-        self.settings_reloads.labels("ok" if ok else "failed").inc()
+        self._child(self.settings_reloads, "ok" if ok else "failed").inc()
 
     def count_sessions(self, count: Callable[[], int]) -> None:
         """Report the store's session count whenever Prometheus scrapes."""

@@ -54,11 +54,14 @@ class Relay:
         self._text: list[str] = []
         self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
         self._reader: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._last_put = 0.0
 
     async def _read(self) -> None:
-        queue = self._queue
+        queue, loop = self._queue, asyncio.get_running_loop()
         try:
             async for events in self._stream.batches():
+                self._last_put = loop.time()
                 if queue.full():
                     await queue.put(events)  # a slow client: the upstream waits
                 else:
@@ -66,24 +69,40 @@ class Relay:
             item: Any = _END
         except ChatError as exc:
             item = exc
+        self._stop_timer()
         await queue.put(item)
+
+    def _tick(self) -> None:
+        """The keep-alive timer: one timer for the whole stream, re-armed from the last upstream
+        batch, instead of a timeout around every wait (an ``asyncio.timeout`` per batch cost more
+        than the rest of the wait). A ``None`` in the queue is a keep-alive's turn."""
+        loop = asyncio.get_running_loop()
+        idle = loop.time() - self._last_put
+        if idle >= self._keepalive:
+            if self._queue.empty():
+                self._queue.put_nowait(None)
+            self._last_put, idle = loop.time(), 0.0
+        self._timer = loop.call_later(self._keepalive - idle, self._tick)
+
+    def _stop_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
 
     async def events(self) -> AsyncIterator[list[StreamEvent] | None]:
         """Batches of the events that arrived since the last one (a fast upstream's chunks go out in
         one write instead of one each), or None when it is time for a keep-alive."""
         if self._reader is None:
-            self._reader = asyncio.get_running_loop().create_task(self._read())
+            loop = asyncio.get_running_loop()
+            self._last_put = loop.time()
+            self._timer = loop.call_later(self._keepalive, self._tick)
+            self._reader = loop.create_task(self._read())
         queue = self._queue
         while True:
-            if queue.empty():
-                try:
-                    async with asyncio.timeout(self._keepalive):
-                        item = await queue.get()
-                except TimeoutError:
-                    yield None
-                    continue
-            else:
-                item = queue.get_nowait()
+            item = await queue.get() if queue.empty() else queue.get_nowait()
+            if item is None:
+                yield None
+                continue
             batch: list[StreamEvent] = []
             while True:
                 if item is _END:
@@ -100,9 +119,11 @@ class Relay:
                     if event.chunk is not None:
                         self._observe(event)
                 batch.extend(item)
-                if queue.empty():
+                item = None
+                while item is None and not queue.empty():  # no keep-alive while events flow
+                    item = queue.get_nowait()
+                if item is None:
                     break
-                item = queue.get_nowait()
             yield batch
 
     def _observe(self, event: StreamEvent) -> None:
@@ -131,6 +152,7 @@ class Relay:
                 self._turn.upstream_failed("cancelled")
                 self._turn.served("cancelled")
         ticket, self._ticket = self._ticket, None
+        self._stop_timer()
         try:
             reader, self._reader = self._reader, None
             if reader is not None and not reader.done():

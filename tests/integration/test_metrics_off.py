@@ -16,13 +16,12 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
 from chatbot_service.metrics import Metrics
-from chatbot_service.middleware import HttpMetrics
 from chatbot_service.sessions import TimedStore
 from tests.integration.conftest import BotFactory
 from tests.support.scrape import Scrape
 from tests.support.servers import ThreadedServer
 
-INSTRUMENTS = (Metrics, CollectorRegistry, MetricWrapperBase, HttpMetrics, TimedStore)
+INSTRUMENTS = (Metrics, CollectorRegistry, MetricWrapperBase, TimedStore)
 
 
 def alive() -> set[int]:

@@ -80,6 +80,40 @@ def test_other_origins_are_refused_unless_allowed(
         assert allowed.headers["access-control-allow-origin"] == "https://evil.example"
 
 
+def test_an_allowed_origin_gets_cors_on_every_answer_and_others_vary_on_origin(
+    bot: ThreadedServer, start_bot: BotFactory, bot_env: dict[str, str], upstream: FakeOpenAI
+) -> None:
+    """CORS sits outside the body limit (a 413 is readable by the allowed page) and answers
+    preflights; answers to requests without ``Origin`` say ``Vary: Origin``,
+    as Starlette's CORS makes them, though the edge layer skips it for them."""
+    app = "https://app.example"
+    with start_bot(bot_env | {"KUBECHAT_CORS_ORIGINS": app}) as open_bot:
+        big = (b"x" * (64 << 10) for _ in range(40))  # 2.5 MiB, chunked: over the 1 MiB limit
+        headers = {"origin": app, "content-type": "application/json"}
+        refused = httpx2.post(open_bot.url + "/chat", content=big, headers=headers, timeout=30)
+        assert refused.status_code == 413 and refused.json()["error"]["code"] == "body_too_large"
+        assert refused.headers["access-control-allow-origin"] == app
+        preflight = httpx2.options(
+            open_bot.url + "/v1/chat/completions",
+            headers={"origin": app, "access-control-request-method": "POST"},
+        )
+        assert preflight.status_code == 200, preflight.text
+        assert "POST" in preflight.headers["access-control-allow-methods"]
+        answered = httpx2.post(
+            open_bot.url + "/v1/chat/completions", json=COMPLETION, headers={"origin": app}
+        )
+        assert answered.status_code == 200
+        assert answered.headers["access-control-allow-origin"] == app
+        assert answered.headers["vary"] == "Origin"
+    assert upstream.requests and len(upstream.requests) == 1
+    for response in (
+        httpx2.get(bot.url + "/healthz"),
+        httpx2.post(bot.url + "/v1/chat/completions", json=COMPLETION),
+    ):
+        assert response.headers.get_list("vary") == ["Origin"], response.headers
+        assert "access-control-allow-origin" not in response.headers
+
+
 def test_cross_site_fetches_without_origin_are_refused_but_links_work(bot: ThreadedServer) -> None:
     fetch = {"sec-fetch-site": "cross-site", "sec-fetch-mode": "no-cors"}
     assert httpx2.get(bot.url + "/info", headers=fetch).status_code == 403

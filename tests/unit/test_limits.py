@@ -127,6 +127,34 @@ def test_ratelimit_headers_name_the_tightest_counter() -> None:
     }
 
 
+@pytest.mark.parametrize("later", [None, 0, 5])
+def test_an_admitted_requests_reset_is_that_of_its_window_with_it_added(later: int | None) -> None:
+    """The reset an admitted request is told: when its window, with the request in it, is empty
+    again; a bucket newer than the request's own (a clock that stepped back) pushes it later, unless
+    empty."""
+    limits = parse_limits(
+        '{"perIdentity": {"requestsPerMinute": 100, "tokensPerMinute": 10000}}', "gpt-4o-mini"
+    )
+    planner, counters = Planner(limits, "gpt-4o-mini"), MemoryCounters()
+    now = 1000.5
+
+    async def scenario() -> dict[str, str]:
+        for at in (now - 50, now - 20):  # older traffic in the window
+            assert (await counters.reserve(planner.plan("a", 5, 5, at), at, "a")).admitted
+        if later is not None:
+            ahead = planner.plan("a", 5, 5, now + 7)
+            assert (await counters.reserve(ahead, now + 7, "a")).admitted
+            await counters.settle([(c, -c.amount + later) for c in ahead if c.window == "minute"])
+        reservation = await counters.reserve(planner.plan("a", 5, 5, now), now, "a")
+        assert reservation.admitted
+        return ratelimit_headers(reservation.outcomes, reservation.buckets, now, admitted=True)
+
+    headers = run(scenario())
+    # 1-second buckets of the rolling minute: empty 60 s after the newest non-empty one (1000 or 1007)
+    expected = "1m6s" if later else "59.5s"
+    assert headers["x-ratelimit-reset-requests"] == headers["x-ratelimit-reset-tokens"] == expected
+
+
 def test_prices_and_costs() -> None:
     table = PriceTable()
     assert table.price("gpt-4o-mini-2024-07-18") == table.price("gpt-4o-mini")
