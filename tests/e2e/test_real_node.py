@@ -187,8 +187,10 @@ def test_pods_run_restricted_and_their_logs_hold_no_key(bot: Bot, upstream: Fake
     chat(bot.url, "hello")
 
     container = pod.spec.containers[0]
-    context = container.security_context
-    assert context.run_as_non_root and context.read_only_root_filesystem
+    context = container.security_context  # non-root and seccomp are set once, for the pod
+    pod_context = pod.spec.security_context
+    assert pod_context.run_as_non_root and pod_context.seccomp_profile.type == "RuntimeDefault"
+    assert context.run_as_non_root is not False and context.read_only_root_filesystem
     assert context.capabilities.drop == ["ALL"] and not context.allow_privilege_escalation
     probe = (
         "import os, pathlib\n"
