@@ -561,8 +561,15 @@ def test_helm_install_and_uninstall_on_the_cluster(
         "http://localhost:8080/",
     ):
         assert line in out, out
-    deployment = client.AppsV1Api(kube_api).read_namespaced_deployment(f"{release}-kubechat", namespace)
-    assert deployment.status.ready_replicas == 1
+    apps = client.AppsV1Api(kube_api)
+
+    def ready() -> None:
+        deployment = apps.read_namespaced_deployment(f"{release}-kubechat", namespace)
+        assert deployment.status.ready_replicas == 1, deployment.status
+
+    # Helm's --wait counts a 1-replica Deployment ready once its unavailable replicas are within
+    # maxUnavailable (25 %, rounded up: 1), so it can return before the pod is Ready.
+    eventually(ready, timeout=60, what="the operator's pod Ready")
     rbac = client.RbacAuthorizationV1Api(kube_api)
     assert rbac.read_cluster_role(f"{release}-kubechat").rules
     helm("uninstall", release, "--namespace", namespace, kubeconfig, "--wait")
