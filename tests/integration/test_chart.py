@@ -567,8 +567,8 @@ def test_helm_install_and_uninstall_on_the_cluster(
         deployment = apps.read_namespaced_deployment(f"{release}-kubechat", namespace)
         assert deployment.status.ready_replicas == 1, deployment.status
 
-    # Helm's --wait counts a 1-replica Deployment ready once its unavailable replicas are within
-    # maxUnavailable (25 %, rounded up: 1), so it can return before the pod is Ready.
+    # Helm's --wait reads the new ReplicaSet's readyReplicas; the Deployment's own status is copied
+    # from it by the deployment controller a moment later, so it may still say none are ready.
     eventually(ready, timeout=60, what="the operator's pod Ready")
     rbac = client.RbacAuthorizationV1Api(kube_api)
     assert rbac.read_cluster_role(f"{release}-kubechat").rules
