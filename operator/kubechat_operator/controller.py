@@ -16,6 +16,7 @@ import threading
 import time
 import zlib
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +35,7 @@ from kubechat_operator.render import (
 )
 from kubechat_operator.spec import Bot
 from kubechat_operator.status import SPLIT_WARNING, build_status, same_status
-from kubechat_operator.tracking import BotKey, BotState
+from kubechat_operator.tracking import ACCESS_KINDS, BotKey, BotState
 from kubechat_operator.workqueue import WorkQueue
 
 logger = logging.getLogger("kubechat_operator")
@@ -62,8 +63,10 @@ class Controller:
         self.unbound = Unbound()  # TokenReview bindings of bots this process does not hold
         self._lock = threading.Lock()  # guards self.bots and every BotState: held briefly, never over I/O
         self._threads: list[threading.Thread] = []
+        # the applies a reconcile sends at once, but the one its worker sends itself
+        self._appliers = ThreadPoolExecutor(2 * config.workers, thread_name_prefix="apply")
 
-    # ---- triggers (called from Kopf's event loop: quick, no I/O) -----------------------------------------
+    # ---- triggers (called from the watches' threads, or Kopf's event loop: quick, no I/O) ----------------
     def bot_event(self, event: str | None, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace")), str(meta.get("name")))
@@ -90,6 +93,14 @@ class Controller:
             state.seen_status = dict(body.get("status") or {})
         if changed:  # a status-only event (our own status write, typically) needs nothing
             self.queue.add(key)
+
+    def bots_listed(self, namespace: str | None, listed: set[BotKey]) -> None:
+        """A full listing of the bots (at start, or after a watch fell too far behind): a bot this process
+        holds that is not in it was deleted while no watch ran, and is dropped as if its DELETED came."""
+        with self._lock:
+            gone = [k for k in self.bots if k not in listed and namespace in (None, k[0])]
+        for namespace_, name in gone:
+            self.bot_event("DELETED", {"metadata": {"namespace": namespace_, "name": name}})
 
     def child_event(self, event: str | None, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -124,6 +135,7 @@ class Controller:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
+        self._appliers.shutdown(wait=False, cancel_futures=True)
 
     def _work(self) -> None:
         metrics = self.kube.metrics
@@ -182,17 +194,7 @@ class Controller:
         problem: tuple[str, str] | None = None
         again = False
         try:
-            for kind in kinds:
-                with self._lock:
-                    state.start_apply(kind)
-                try:
-                    live = self.kube.apply(rendered[kind])
-                except BaseException:
-                    with self._lock:
-                        state.record_apply(kind, None, None)
-                    raise
-                with self._lock:
-                    again = state.record_apply(kind, rendered[kind], live) or again
+            again = self._apply_children(state, rendered, kinds)
         except ApiError as exc:
             failure = classify(exc.status)
             if not isinstance(failure, ChildrenRefused):
@@ -200,8 +202,8 @@ class Controller:
             problem = ("InvalidSpec", str(failure))
         if problem is None:
             self._delete_stale(bot, state, rendered)
-        if full and problem is None:
-            state.applied_at = now
+        if problem is None and (full or not state.applied_at) and rendered.keys() <= state.applied.keys():
+            state.applied_at = now  # every child written: the next resync is due from now
         if kinds and problem is None:
             logger.info("%s/%s: applied %s (config %s)", *key, ", ".join(kinds), children.config_hash)
         ident = {"name": bot.name, "namespace": bot.namespace, "uid": bot.uid}
@@ -217,6 +219,71 @@ class Controller:
             problem = self._missing_secret(bot, state)
         self._publish(bot, state, None if refused else children.config_hash, problem)
         return problem is not None and not refused
+
+    def _apply_children(
+        self, state: BotState, rendered: Mapping[str, dict[str, Any]], kinds: list[str]
+    ) -> bool:
+        """Apply ``kinds``, at once where order does not matter: each apply costs the API server an etcd
+        commit, so a bot created waits for one write, not three in a row. The access children go first
+        (the pods name their account). A ConfigMap changed for a Deployment that exists goes before it, so
+        no new pod starts on the old settings; a new bot's pods cannot start before their ConfigMap
+        exists (its volume is not optional), so then both go at once, and the Service always does. True if
+        a child was written by someone else meanwhile; a failure raises, once every apply has ended, the
+        one of the first kind in ``KINDS`` order (a chain stops at its failure)."""
+        again = False
+        for kind in (k for k in kinds if k in ACCESS_KINDS):
+            again = self._apply(state, kind, rendered[kind]) or again
+        rest = [k for k in kinds if k not in ACCESS_KINDS]
+        with self._lock:
+            ordered = "Deployment" in state.applied or state.deployment is not None
+        chains = [[k] for k in rest]
+        if ordered and {"ConfigMap", "Deployment"} <= set(rest):
+            chains = [
+                ["ConfigMap", "Deployment"],
+                *([k] for k in rest if k not in ("ConfigMap", "Deployment")),
+            ]
+        futures = [self._appliers.submit(self._apply_chain, state, rendered, chain) for chain in chains[1:]]
+        results = [self._apply_chain(state, rendered, chains[0])] if chains else []
+        results += [future.result() for future in futures]
+        failures = {kind: error for _, kind, error in results if error is not None}
+        first = next((kind for kind in rest if kind in failures), None)
+        for kind, error in failures.items():
+            if kind != first:  # the first is raised, so logged by the caller: the others only here
+                logger.warning(
+                    "applying the %s of %s/%s failed too: %s",
+                    kind,
+                    state.bot.namespace,
+                    state.bot.name,
+                    error,
+                )
+        if first is not None:
+            raise failures[first]
+        return again or any(written for written, _, _ in results)
+
+    def _apply_chain(
+        self, state: BotState, rendered: Mapping[str, dict[str, Any]], chain: list[str]
+    ) -> tuple[bool, str, Exception | None]:
+        """Apply ``chain`` in order, stopping at a failure: (written by someone else, the kind that
+        failed, its error)."""
+        again = False
+        for kind in chain:
+            try:
+                again = self._apply(state, kind, rendered[kind]) or again
+            except Exception as exc:
+                return again, kind, exc
+        return again, "", None
+
+    def _apply(self, state: BotState, kind: str, child: dict[str, Any]) -> bool:
+        with self._lock:
+            state.start_apply(kind)
+        try:
+            live = self.kube.apply(child)
+        except BaseException:
+            with self._lock:
+                state.record_apply(kind, None, None)
+            raise
+        with self._lock:
+            return state.record_apply(kind, child, live)
 
     def _delete_stale(self, bot: Bot, state: BotState, rendered: Mapping[str, Any]) -> None:
         """Delete the access children the spec no longer renders (access or serviceAccounts removed, or

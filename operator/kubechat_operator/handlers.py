@@ -1,10 +1,12 @@
-"""Kopf wiring. Edge: every handler here only hands what it saw to the controller, which marks the bot
+"""Kopf wiring. Edge: Kopf runs the process (signals, login, liveness, peering) and its startup handler
+starts the controller and the watches; every event only reaches the controller, which marks the bot
 for reconcile; the reconcile itself (retried with backoff) lives in ``controller``.
 
-Only ``@kopf.on.event`` handlers, so Kopf writes nothing to the bots (no progress or last-handled
-annotations, no finalizers); they must not fail, as Kopf would only log it. Kopf watches the bots; the
-children are watched by ``watch`` (cheaper per event), with a server-side label selector, so the
-operator never receives other ConfigMaps, Services or Deployments.
+The bots and their children are watched by ``watch`` (cheaper per event than Kopf), the children with
+a server-side label selector, so the operator never receives other ConfigMaps, Services or
+Deployments. With ``--peering`` Kopf watches the bots instead (``watch_bots_with_kopf``), as its
+peering pauses only its own watches: an ``@kopf.on.event`` handler, so Kopf writes nothing to the bots
+(no progress or last-handled annotations, no finalizers); it must not fail, as Kopf would only log it.
 """
 
 from __future__ import annotations
@@ -62,9 +64,9 @@ def startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> No
     settings.persistence.diffbase_storage = NoDiffBase()
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    watches = Watches.count(memo.config.namespaces, memo.watch_bindings)
+    watches = Watches.count(memo.config.namespaces, memo.watch_bindings, bots=not memo.peering)
     metrics = OperatorMetrics()
-    kube = Kube(_api_client(memo.config.workers + 4 + watches), metrics)
+    kube = Kube(_api_client(3 * memo.config.workers + 4 + watches), metrics)  # 3 applies at once
     controller = Controller(kube, memo.config)
     metrics.watch(controller.statuses, controller.queue.sizes)
     if memo.metrics_address is not None:
@@ -73,7 +75,12 @@ def startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> No
     controller.start()
     memo.controller = controller
     memo.watches = Watches(
-        kube, memo.config.namespaces, SELECTOR, controller.child_event, bindings=memo.watch_bindings
+        kube,
+        memo.config.namespaces,
+        SELECTOR,
+        controller.child_event,
+        bindings=memo.watch_bindings,
+        bots=None if memo.peering else (controller.bot_event, controller.bots_listed),
     )
     memo.watches.start()
     if memo.usage_interval > 0:
@@ -96,7 +103,11 @@ def cleanup(memo: OperatorMemo, **_: Any) -> None:
         memo.metrics_server.server_close()
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
 async def bot_seen(event: kopf.RawEvent, memo: OperatorMemo, **_: Any) -> None:
-    """A bot created, changed, seen at start (type None) or deleted."""
+    """A bot created, changed, seen at start (type None) or deleted (with ``--peering`` only)."""
     memo.running().bot_event(event["type"], event["object"])
+
+
+def watch_bots_with_kopf() -> None:
+    """Register ``bot_seen`` for the bots' events: before ``kopf.run``, and only with ``--peering``."""
+    kopf.on.event(GROUP, VERSION, PLURAL)(bot_seen)

@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import kopf
 
-    import kubechat_operator.handlers  # noqa: F401  (registers the handlers)
+    from kubechat_operator import handlers  # registers the startup and cleanup handlers
     from kubechat_operator.controller import ControllerConfig
     from kubechat_operator.memo import OperatorMemo
     from kubechat_operator.render import OperatorDefaults
@@ -112,7 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         usage_interval=args.usage_interval,
         watch_bindings=args.watch_bindings,
         metrics_address=metrics_address,
+        peering=args.peering is not None,
     )
+    if memo.peering:
+        handlers.watch_bots_with_kopf()
 
     kopf.configure(verbose=args.log_level == "debug", quiet=args.log_level in ("warning", "error"))
     if args.log_level != "debug":  # Kopf logs "Handler 'bot_seen' succeeded." for every watch event

@@ -22,6 +22,7 @@ class OperatorMemo:
     config: ControllerConfig = field(default_factory=ControllerConfig)
     usage_interval: float = 0.0  # seconds between usage collections; 0: off
     watch_bindings: bool = True  # also watch the bots' TokenReview ClusterRoleBindings (cluster-wide)
+    peering: bool = False  # --peering: Kopf watches the bots (its peering pauses only its own watches)
     metrics_address: tuple[str, int] | None = None  # (host, port) of the operator's /metrics; None: off
     controller: Controller | None = None  # made at startup, once the API client is configured
     watches: Watches | None = None  # of the children, started with the controller

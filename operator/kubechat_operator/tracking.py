@@ -84,10 +84,11 @@ class BotState:
     deployment: dict[str, Any] | None = None  # compact_deployment() of the newest seen
     problem: tuple[str, str] | None = None  # what stops the bot (reason, message), its Event posted
     secrets_checked: tuple[tuple[str, str], ...] | None = None  # the refs last found all present
-    in_flight: str | None = None  # the kind being applied right now (its own watch event may come first)
-    seen_in_flight: Mark | None = None  # the newest version of it seen meanwhile
+    # the kinds being applied right now (their own watch events may come first) -> the newest version
+    # of each seen meanwhile
+    in_flight: dict[str, Mark | None] = field(default_factory=dict)
     warned_split: bool = False
-    applied_at: float = 0.0  # monotonic time of the last full apply (periodic resync)
+    applied_at: float = 0.0  # monotonic time of the last full apply (periodic resync); 0: none yet
     present: dict[str, tuple[str, str]] = field(default_factory=dict)  # ACCESS_KINDS live: (name, uid)
 
     def stale(self, children: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
@@ -124,7 +125,7 @@ class BotState:
                     return False
             else:
                 self.present[kind] = (str((obj.get("metadata") or {}).get("name")), seen.uid)
-                if mine is None and kind != self.in_flight:  # not ours: perhaps one the spec no longer wants
+                if mine is None and kind not in self.in_flight:  # not ours: one the spec no longer wants?
                     return True
         if event == "DELETED":
             if mine is None or mine.mark.uid == seen.uid:  # an older incarnation's deletion means nothing
@@ -134,9 +135,10 @@ class BotState:
                 return True
             return False
         status_changed = self.remember_deployment(obj) if kind == "Deployment" else False
-        if kind == self.in_flight:  # decided when the answer is in: this may be that very write
-            if self.seen_in_flight is None or seen.version > self.seen_in_flight.version:
-                self.seen_in_flight = seen
+        if kind in self.in_flight:  # decided when the answer is in: this may be that very write
+            before = self.in_flight[kind]
+            if before is None or seen.version > before.version:
+                self.in_flight[kind] = seen
             return status_changed
         if mine is not None and (seen.uid != mine.mark.uid or seen.version > mine.mark.version):
             self.drifted.add(kind)
@@ -144,8 +146,10 @@ class BotState:
         return status_changed
 
     def to_apply(self, children: Mapping[str, Mapping[str, Any]], now: float, resync: float) -> list[str]:
-        """The kinds whose rendering differs from what was applied, drifted, or all when a resync is due."""
-        if resync > 0 and now - self.applied_at >= resync:
+        """The kinds whose rendering differs from what was applied, drifted, or all when a resync is due.
+        Before the first full apply, only what is missing: a retry after one child failed does not send
+        again those that were written."""
+        if resync > 0 and self.applied_at and now - self.applied_at >= resync:
             return [k for k in KINDS if k in children]
         return [
             kind
@@ -159,12 +163,12 @@ class BotState:
         ]
 
     def start_apply(self, kind: str) -> None:
-        self.in_flight, self.seen_in_flight = kind, None
+        self.in_flight[kind] = None
 
     def record_apply(self, kind: str, sent: Mapping[str, Any] | None, live: Mapping[str, Any] | None) -> bool:
         """The answer to an apply (None: it failed). True if someone else wrote the child meanwhile, so
         it needs another reconcile."""
-        seen, self.in_flight, self.seen_in_flight = self.seen_in_flight, None, None
+        seen = self.in_flight.pop(kind, None)
         if sent is None or live is None:
             return False
         mark = Mark.of(live)

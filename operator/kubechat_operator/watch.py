@@ -1,11 +1,13 @@
-"""Watches of the bots' children, outside Kopf. Edge: a thread per watched collection.
+"""Watches of the bots and their children, outside Kopf. Edge: a thread per watched collection.
 
 Kopf turns every watch event into a body wrapper, causes, per-object memories, handler progress state
 and keyword arguments before a handler runs: most of the operator's CPU per bot went there (profiled
 with py-spy under operator-bench). A child's event only has to mark its bot, and children change far
 more often than bots (every Deployment status update of every rollout), so their events go straight
-from the stream to ``Controller.child_event``. ChatBots stay on Kopf (its peering pauses them, and a
-child of a bot this process does not know is ignored).
+from the stream to ``Controller.child_event``. The bots are watched here too, unless the operator runs
+with ``--peering``: Kopf's peering can pause only Kopf's own watches, so then Kopf watches them (and a
+child of a bot this process does not know is ignored). Kopf's handling cost one change ~1.3 ms before
+its first apply and a quarter of the operator's CPU in a bulk create (operator-bench, 200 bots).
 
 The loop is client-go's reflector without the cache: list (paged), then watch from the list's
 ``resourceVersion`` with bookmarks; a watch the server ends is resumed from the last version seen; a
@@ -23,12 +25,16 @@ from typing import Any
 
 import urllib3
 
+from kubechat_operator import GROUP, PLURAL, VERSION
 from kubechat_operator.errors import ApiStatus, OperatorError
 from kubechat_operator.kube import WATCH_SECONDS, ApiError, Kube
 
 logger = logging.getLogger("kubechat_operator")
 
 OnEvent = Callable[[str | None, Mapping[str, Any]], None]
+#: Called after every full listing with the namespace listed (None: all) and the (namespace, name) of
+#: every object in it, so that objects deleted while no watch ran (no DELETED event) are dropped too.
+OnListed = Callable[[str | None, set[tuple[str, str]]], None]
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ CHILDREN = (
     Collection("Deployment", "apps/v1", "deployments"),
     Collection("Service", "v1", "services"),
 )
+BOTS = Collection("ChatBot", f"{GROUP}/{VERSION}", PLURAL)
 #: The bots' TokenReview bindings (spec.access.serviceAccounts): cluster-scoped, so watched cluster-wide
 #: even when the operator serves some namespaces; needs list and watch on them (the chart's rbac.tokenReview).
 BINDINGS = Collection("ClusterRoleBinding", "rbac.authorization.k8s.io/v1", "clusterrolebindings")
@@ -65,8 +72,10 @@ class Watch:
         on_event: OnEvent,
         max_backoff: float = 30.0,
         server_timeout: int = WATCH_SECONDS,
+        on_listed: OnListed | None = None,
     ) -> None:
         self.kube, self.collection, self.selector, self.on_event = kube, collection, selector, on_event
+        self.namespace, self.on_listed = namespace, on_listed
         self.path = collection.path(namespace)
         self.max_backoff, self.server_timeout = max_backoff, server_timeout
         self.version: str | None = None  # the newest resourceVersion seen; None: list first
@@ -108,16 +117,21 @@ class Watch:
             self._stopped.wait(delay)
 
     def _query(self) -> list[tuple[str, str]]:
-        return [("labelSelector", self.selector)]
+        return [("labelSelector", self.selector)] if self.selector else []
 
     def _list(self) -> str:
         """Every object as seen now (event None, as Kopf reports a listing); the version to watch from."""
         version = ""
+        listed: set[tuple[str, str]] = set()
         for page in self.kube.list_pages(self.path, self._query()):
             for item in page.get("items") or ():
                 item.setdefault("kind", self.collection.kind)  # list items carry no kind
+                meta = item.get("metadata") or {}
+                listed.add((str(meta.get("namespace")), str(meta.get("name"))))
                 self.on_event(None, item)
             version = str((page.get("metadata") or {}).get("resourceVersion") or "")
+        if self.on_listed is not None:
+            self.on_listed(self.namespace, listed)
         return version
 
     def _watch(self) -> None:
@@ -144,8 +158,9 @@ class Watch:
 
 
 class Watches:
-    """The children's watches of one operator process: every child kind in every namespace it serves,
-    and (``bindings``) the TokenReview bindings cluster-wide."""
+    """The watches of one operator process: every child kind in every namespace it serves, (``bindings``)
+    the TokenReview bindings cluster-wide, and (``bots``: the handlers of their events and listings) the
+    bots in every namespace it serves."""
 
     def __init__(
         self,
@@ -154,19 +169,24 @@ class Watches:
         selector: str,
         on_event: OnEvent,
         bindings: bool = False,
+        bots: tuple[OnEvent, OnListed] | None = None,
     ) -> None:
+        scopes = namespaces or (None,)
         self.watches = [
             Watch(kube, collection, namespace, selector, on_event)
             for collection in CHILDREN
-            for namespace in (namespaces or (None,))
+            for namespace in scopes
         ]
         if bindings:
             self.watches.append(Watch(kube, BINDINGS, None, selector, on_event))
+        if bots is not None:
+            on_bot, on_listed = bots
+            self.watches += [Watch(kube, BOTS, ns, "", on_bot, on_listed=on_listed) for ns in scopes]
 
     @staticmethod
-    def count(namespaces: tuple[str, ...], bindings: bool) -> int:
+    def count(namespaces: tuple[str, ...], bindings: bool, bots: bool) -> int:
         """How many watch streams (each holds a connection of the pool)."""
-        return len(CHILDREN) * max(1, len(namespaces)) + int(bindings)
+        return (len(CHILDREN) + int(bots)) * max(1, len(namespaces)) + int(bindings)
 
     def start(self) -> None:
         for watch in self.watches:

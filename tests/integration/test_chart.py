@@ -88,7 +88,7 @@ def rules_by_resource(role: Manifest) -> dict[tuple[str, str], set[str]]:
 
 # What the operator needs and nothing more (docs/install.md says why, rule by rule).
 OBJECT_GRANTS = {
-    ("kubechat.dev", "chatbots"): {"get", "list", "watch", "patch"},
+    ("kubechat.dev", "chatbots"): {"get", "list", "watch"},
     ("kubechat.dev", "chatbots/status"): {"get", "patch", "update"},
     ("", "configmaps"): {"get", "list", "watch", "create", "patch"},
     ("", "services"): {"get", "list", "watch", "create", "patch"},

@@ -1,5 +1,6 @@
-"""The children's watches (``watch.py``) against the real API server: listed, watched, resumed after the
-server ends a watch, filtered by label on the server, and stopped promptly."""
+"""The watches (``watch.py``) against the real API server: listed, watched, resumed after the server ends
+a watch, filtered by label on the server, listed again after a ``410 Gone`` (the bots deleted meanwhile
+dropped), and stopped promptly."""
 
 from __future__ import annotations
 
@@ -9,11 +10,15 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
+from kubechat_operator.controller import Controller, ControllerConfig
 from kubechat_operator.kube import Kube
-from kubechat_operator.watch import CHILDREN, Watch
+from kubechat_operator.watch import BOTS, CHILDREN, Watch
 from kubernetes import client
 
+from localcluster.cluster import ClusterInfo
 from tests.cluster.polling import eventually
+from tests.integration.test_operator import bot_manifest
+from tests.support.operator import install_crds
 
 pytestmark = pytest.mark.cluster
 
@@ -111,3 +116,47 @@ def test_a_failing_handler_gets_the_event_again_and_the_watch_goes_on(kube_api: 
 
 def assert_equal(got: object, want: object) -> None:
     assert got == want, got
+
+
+def test_a_bot_deleted_while_no_watch_ran_is_dropped_at_the_next_listing(
+    cluster: ClusterInfo, kube_api: Any, namespace: str
+) -> None:
+    """No DELETED event reaches a watch that fell behind (``410 Gone``): the listing that follows tells
+    which bots are gone, and the controller drops their state, in the listed namespace only."""
+    install_crds(cluster)
+    custom = client.CustomObjectsApi(kube_api)
+    for name in ("kept", "gone"):
+        custom.create_namespaced_custom_object(
+            "kubechat.dev", "v1alpha1", namespace, "chatbots", bot_manifest(name)
+        )
+    controller = Controller(
+        Kube(kube_api), ControllerConfig(namespaces=(namespace,))
+    )  # its workers not started
+    listings: list[set[tuple[str, str]]] = []
+
+    def listed(scope: str | None, keys: set[tuple[str, str]]) -> None:
+        assert scope == namespace
+        listings.append(keys)
+        controller.bots_listed(scope, keys)
+
+    first = Watch(Kube(kube_api), BOTS, namespace, "", controller.bot_event, on_listed=listed)
+    first.start()
+    eventually(lambda: assert_equal(len(listings), 1), what="the first listing")
+    first.stop()
+    assert listings[0] == {(namespace, "kept"), (namespace, "gone")}
+    assert {k for k in controller.bots} == listings[0]
+    controller.bot_event(
+        None, {**bot_manifest("elsewhere"), "metadata": {"name": "b", "namespace": "other", "uid": "u"}}
+    )
+
+    custom.delete_namespaced_custom_object("kubechat.dev", "v1alpha1", namespace, "chatbots", "gone")
+    behind = Watch(Kube(kube_api), BOTS, namespace, "", controller.bot_event, on_listed=listed)
+    behind.version = "1"  # long compacted away: the API server answers 410 Gone, so it lists again
+    behind.start()
+    try:
+        eventually(lambda: assert_equal(len(listings), 2), what="the listing after 410 Gone")
+    finally:
+        behind.stop()
+    assert listings[1] == {(namespace, "kept")}
+    assert set(controller.bots) == {(namespace, "kept"), ("other", "b")}
+    assert controller.sizes()["bots"] == 2

@@ -38,7 +38,21 @@ def test_first_everything_then_only_what_the_spec_changed() -> None:
     assert state.to_apply(children(replicas), now=0, resync=0) == ["Deployment"]
     prompt = Bot("b", "n", "u", 2, parse({"systemPrompt": "q"}))
     assert state.to_apply(children(prompt), now=0, resync=0) == ["ConfigMap", "Deployment"]
-    assert state.to_apply(children(), now=100, resync=50) == everything  # the periodic resync
+    state.applied_at = 40
+    assert state.to_apply(children(), now=89, resync=50) == []
+    assert state.to_apply(children(), now=90, resync=50) == everything  # the periodic resync
+
+
+def test_a_retry_after_one_child_failed_sends_only_that_one() -> None:
+    """Before the first full apply no resync is due, however long ago the process started: what was
+    written is not sent again while the one that failed is retried."""
+    state = BotState(BOT)
+    for kind in ("ConfigMap", "Deployment"):
+        state.start_apply(kind)
+        state.record_apply(kind, children()[kind], live(kind))
+    state.start_apply("Service")
+    state.record_apply("Service", None, None)  # it failed
+    assert state.to_apply(children(), now=10_000, resync=1800) == ["Service"]
 
 
 def test_our_own_write_seen_back_is_not_drift_even_before_the_answer() -> None:
@@ -66,6 +80,21 @@ def test_a_write_by_someone_else_during_our_apply_asks_for_another_look() -> Non
     state.start_apply("ConfigMap")
     state.observe_child("ConfigMap", "MODIFIED", live("ConfigMap", version=13))
     assert state.record_apply("ConfigMap", children()["ConfigMap"], live("ConfigMap", version=12))
+    assert state.to_apply(children(), now=0, resync=0) == ["ConfigMap"]
+
+
+def test_applies_in_flight_at_once_are_told_apart() -> None:
+    """The ConfigMap, Deployment and Service of a new bot are applied at once: each one's own write seen
+    back is not drift, someone else's write during another kind's apply is."""
+    state = applied_state()
+    for kind in ("ConfigMap", "Deployment", "Service"):
+        state.start_apply(kind)
+    assert not state.observe_child("Service", "MODIFIED", live("Service", version=11))  # ours, early
+    state.observe_child("ConfigMap", "MODIFIED", live("ConfigMap", version=13))  # someone else's, later
+    assert not state.record_apply("Service", children()["Service"], live("Service", version=11))
+    assert not state.record_apply("Deployment", children()["Deployment"], live("Deployment", version=11))
+    assert state.record_apply("ConfigMap", children()["ConfigMap"], live("ConfigMap", version=12))
+    assert state.in_flight == {}
     assert state.to_apply(children(), now=0, resync=0) == ["ConfigMap"]
 
 

@@ -45,10 +45,10 @@ explained in docs/install.md). `scope` is "cluster" or "namespace": peering obje
 */}}
 {{- define "kubechat.rules" -}}
 {{- $root := .root -}}
-# The bots: watched, annotated by Kopf (last handled state), status written by the operator.
+# The bots: watched (nothing writes to them but their status: no annotations, no finalizers).
 - apiGroups: [kubechat.dev]
   resources: [chatbots]
-  verbs: [get, list, watch, patch]
+  verbs: [get, list, watch]
 - apiGroups: [kubechat.dev]
   resources: [chatbots/status]
   verbs: [get, patch, update]
