@@ -40,6 +40,10 @@ from kubechat_operator.workqueue import WorkQueue
 
 logger = logging.getLogger("kubechat_operator")
 
+#: The most applies one reconcile has in flight (a new bot's ConfigMap, Deployment and Service): the
+#: worker sends one, the appliers' pool the others, each on a connection of the API client's pool.
+APPLIES_AT_ONCE = 3
+
 
 @dataclass(frozen=True)
 class ControllerConfig:
@@ -63,8 +67,9 @@ class Controller:
         self.unbound = Unbound()  # TokenReview bindings of bots this process does not hold
         self._lock = threading.Lock()  # guards self.bots and every BotState: held briefly, never over I/O
         self._threads: list[threading.Thread] = []
-        # the applies a reconcile sends at once, but the one its worker sends itself
-        self._appliers = ThreadPoolExecutor(2 * config.workers, thread_name_prefix="apply")
+        self._appliers = ThreadPoolExecutor(
+            (APPLIES_AT_ONCE - 1) * config.workers, thread_name_prefix="apply"
+        )
 
     # ---- triggers (called from the watches' threads, or Kopf's event loop: quick, no I/O) ----------------
     def bot_event(self, event: str | None, body: Mapping[str, Any]) -> None:

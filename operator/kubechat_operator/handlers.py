@@ -20,7 +20,7 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from kubechat_operator import GROUP, PLURAL, VERSION
-from kubechat_operator.controller import Controller
+from kubechat_operator.controller import APPLIES_AT_ONCE, Controller
 from kubechat_operator.kube import Kube
 from kubechat_operator.memo import OperatorMemo
 from kubechat_operator.metrics import OperatorMetrics
@@ -66,7 +66,7 @@ def startup(settings: kopf.OperatorSettings, memo: OperatorMemo, **_: Any) -> No
     settings.watching.client_timeout = 330
     watches = Watches.count(memo.config.namespaces, memo.watch_bindings, bots=not memo.peering)
     metrics = OperatorMetrics()
-    kube = Kube(_api_client(3 * memo.config.workers + 4 + watches), metrics)  # 3 applies at once
+    kube = Kube(_api_client(APPLIES_AT_ONCE * memo.config.workers + 4 + watches), metrics)
     controller = Controller(kube, memo.config)
     metrics.watch(controller.statuses, controller.queue.sizes)
     if memo.metrics_address is not None:
