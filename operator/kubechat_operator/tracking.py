@@ -34,10 +34,9 @@ class Mark:
     version: int
 
     @classmethod
-    def of(cls, kind: str, obj: Mapping[str, Any]) -> Mark:
-        """``obj`` is a ``kind``, whole (a watch event) or its metadata (an apply's answer)."""
+    def of(cls, obj: Mapping[str, Any]) -> Mark:
         meta = obj.get("metadata") or {}
-        number = meta.get("generation") if kind == "Deployment" else meta.get("resourceVersion")
+        number = meta.get("generation") if obj.get("kind") == "Deployment" else meta.get("resourceVersion")
         try:
             version = int(number or 0)
         except ValueError:
@@ -103,14 +102,10 @@ class BotState:
         self.drifted.discard(kind)
 
     def remember_deployment(self, obj: Mapping[str, Any]) -> bool:
-        """Keep the newer of the known and this Deployment; True if what status reads changed. An apply's
-        answer is its metadata only: it brings the generation, and the status stays the known one until
-        the watch brings the object (the watch event of that very write, the next moment)."""
+        """Keep the newer of the known and this Deployment; True if what status reads changed."""
         if self.deployment is not None and _resource_version(obj) < _resource_version(self.deployment):
             return False
         compact = compact_deployment(obj)
-        if "status" not in obj and self.deployment is not None:
-            compact["status"] = self.deployment["status"]
         changed = self.deployment is None or (
             compact["status"] != self.deployment["status"]
             or compact["metadata"]["generation"] != self.deployment["metadata"]["generation"]
@@ -120,7 +115,7 @@ class BotState:
 
     def observe_child(self, kind: str, event: str, obj: Mapping[str, Any]) -> bool:
         """A watch event of one of the bot's children; True if the bot needs a reconcile."""
-        seen = Mark.of(kind, obj)
+        seen = Mark.of(obj)
         mine = self.applied.get(kind)
         if kind in ACCESS_KINDS:
             if event == "DELETED":
@@ -176,7 +171,7 @@ class BotState:
         seen = self.in_flight.pop(kind, None)
         if sent is None or live is None:
             return False
-        mark = Mark.of(kind, live)
+        mark = Mark.of(live)
         self.applied[kind] = Applied(fingerprint(sent), mark)
         if kind in ACCESS_KINDS:
             self.present[kind] = (str(sent["metadata"]["name"]), mark.uid)
