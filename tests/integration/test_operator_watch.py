@@ -1,6 +1,6 @@
 """The watches (``watch.py``) against the real API server: listed, watched, resumed after the server ends
 a watch, filtered by label on the server, listed again after a ``410 Gone`` (the bots deleted meanwhile
-dropped), and stopped promptly."""
+dropped), and stopped promptly; and what an apply answers (the Deployment whole, the rest as metadata)."""
 
 from __future__ import annotations
 
@@ -160,3 +160,26 @@ def test_a_bot_deleted_while_no_watch_ran_is_dropped_at_the_next_listing(
     assert listings[1] == {(namespace, "kept")}
     assert set(controller.bots) == {(namespace, "kept"), ("other", "b")}
     assert controller.sizes()["bots"] == 2
+
+
+def test_a_deployment_apply_is_answered_whole(kube_api: Any, namespace: str) -> None:
+    """The Deployment's answer keeps its status (kube.py): after a restart a bot's first reconcile may
+    come before the watch lists the Deployment, and that answer is what the bot's status is built from
+    (tests/unit/test_tracking.py); the other kinds are answered as metadata."""
+    kube = Kube(kube_api)
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "whole", "namespace": namespace, "labels": {"app": "whole"}},
+        "spec": {
+            "selector": {"matchLabels": {"app": "whole"}},
+            "template": {
+                "metadata": {"labels": {"app": "whole"}},
+                "spec": {"containers": [{"name": "c", "image": "example.invalid/c:1"}]},
+            },
+        },
+    }
+    answer = kube.apply(deployment)
+    assert answer["kind"] == "Deployment" and "status" in answer and answer["metadata"]["generation"] == 1
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "meta", "namespace": namespace}}
+    assert kube.apply(cm)["kind"] == "PartialObjectMetadata"
