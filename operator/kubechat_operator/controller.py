@@ -35,7 +35,7 @@ from kubechat_operator.render import (
 )
 from kubechat_operator.spec import Bot
 from kubechat_operator.status import SPLIT_WARNING, build_status, same_status
-from kubechat_operator.tracking import ACCESS_KINDS, BotKey, BotState
+from kubechat_operator.tracking import ACCESS_KINDS, BotKey, BotState, SecretsFound
 from kubechat_operator.workqueue import WorkQueue
 
 logger = logging.getLogger("kubechat_operator")
@@ -43,6 +43,8 @@ logger = logging.getLogger("kubechat_operator")
 #: The most applies one reconcile has in flight (a new bot's ConfigMap, Deployment and Service): the
 #: worker sends one, the appliers' pool the others, each on a connection of the API client's pool.
 APPLIES_AT_ONCE = 3
+#: A Secret found for one bot counts as found for every bot that names it for this long (SecretsFound).
+SECRET_FOUND_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,9 @@ class Controller:
         self.queue: WorkQueue[BotKey] = WorkQueue(config.retry_base_seconds, config.retry_max_seconds)
         self.bots: dict[BotKey, BotState] = {}
         self.unbound = Unbound()  # TokenReview bindings of bots this process does not hold
-        self._lock = threading.Lock()  # guards self.bots and every BotState: held briefly, never over I/O
+        self.secrets_found = SecretsFound(SECRET_FOUND_SECONDS)
+        # guards self.bots, every BotState and secrets_found: held briefly, never over I/O
+        self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._appliers = ThreadPoolExecutor(
             (APPLIES_AT_ONCE - 1) * config.workers, thread_name_prefix="apply"
@@ -309,17 +313,25 @@ class Controller:
             )
 
     def _missing_secret(self, bot: Bot, state: BotState) -> tuple[str, str] | None:
-        """A referenced Secret that does not exist. Asked once per set of references: once all were
-        found, the pods' readiness tells about later losses (``/readyz`` names what is missing)."""
+        """A referenced Secret that does not exist. Asked once per set of references, and not at all for
+        a Secret found for another bot in the last ``SECRET_FOUND_SECONDS``: once all were found, the
+        pods' readiness tells about later losses (``/readyz`` names what is missing)."""
         refs = tuple(bot.spec.required_secrets())
         if not refs or state.secrets_checked == refs:
             return None
         for name, key in refs:
-            if self.kube.secret_exists(bot.namespace, name) is False:
+            with self._lock:
+                if self.secrets_found.fresh(bot.namespace, name, time.monotonic()):
+                    continue
+            exists = self.kube.secret_exists(bot.namespace, name)
+            if exists is False:
                 return (
                     "SecretNotFound",
                     f"Secret {name!r} (key {key!r}) does not exist in namespace {bot.namespace!r}",
                 )
+            if exists:  # None: RBAC does not let this process look; nothing learnt
+                with self._lock:
+                    self.secrets_found.add(bot.namespace, name, time.monotonic())
         state.secrets_checked = refs
         return None
 

@@ -72,6 +72,28 @@ def compact_deployment(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
+class SecretsFound:
+    """The Secrets found lately, shared by every bot: a burst of bots naming one key Secret (a GitOps sync,
+    a bulk create) asks the API server about it once per ``ttl`` seconds, not once per bot. Only finds
+    are kept: a missing Secret is asked about again on each of its bot's retries. Bounded: an entry
+    older than ``ttl`` is dropped at the latest ``ttl`` seconds later."""
+
+    ttl: float
+    found: dict[tuple[str, str], float] = field(default_factory=dict)  # (namespace, name) -> when found
+    pruned_at: float = 0.0
+
+    def fresh(self, namespace: str, name: str, now: float) -> bool:
+        at = self.found.get((namespace, name))
+        return at is not None and now - at < self.ttl
+
+    def add(self, namespace: str, name: str, now: float) -> None:
+        if now - self.pruned_at >= self.ttl:
+            self.found = {ref: at for ref, at in self.found.items() if now - at < self.ttl}
+            self.pruned_at = now
+        self.found[(namespace, name)] = now
+
+
+@dataclass
 class BotState:
     """One bot as last seen by the watch, and what this process wrote for it."""
 

@@ -122,12 +122,13 @@ class Watch:
     def _list(self) -> str:
         """Every object as seen now (event None, as Kopf reports a listing); the version to watch from."""
         version = ""
-        listed: set[tuple[str, str]] = set()
+        listed: set[tuple[str, str]] = set()  # only for on_listed (the bots' watch)
         for page in self.kube.list_pages(self.path, self._query()):
             for item in page.get("items") or ():
                 item.setdefault("kind", self.collection.kind)  # list items carry no kind
-                meta = item.get("metadata") or {}
-                listed.add((str(meta.get("namespace")), str(meta.get("name"))))
+                if self.on_listed is not None:
+                    meta = item.get("metadata") or {}
+                    listed.add((str(meta.get("namespace")), str(meta.get("name"))))
                 self.on_event(None, item)
             version = str((page.get("metadata") or {}).get("resourceVersion") or "")
         if self.on_listed is not None:

@@ -88,3 +88,34 @@ def test_reconciles_api_calls_and_errors_move(
     assert now.value("kubechat_operator_bots_known") >= 3
     depths = {ls["state"] for ls in now.series("kubechat_operator_queue_depth")}
     assert depths == {"queued", "processing", "waiting"}
+
+
+def test_bots_naming_a_secret_just_found_do_not_ask_for_it_again(
+    metered: tuple[Operator, str], cluster: ClusterInfo, namespace: str
+) -> None:
+    _, url = metered
+
+    def secret_gets() -> float:
+        return Scrape(url).value(
+            "kubechat_operator_api_requests_total", verb="GET", resource="secrets", code="2xx"
+        )
+
+    def reconciled(*names: str) -> None:
+        done = kubectl(cluster, "-n", namespace, "get", "chatbots", *names, "-o", "json")
+        items = json.loads(done.stdout).get("items") or [json.loads(done.stdout)]
+        for item in items:
+            assert (item.get("status") or {}).get("observedGeneration") == item["metadata"]["generation"], (
+                item
+            )
+
+    kubectl(cluster, "-n", namespace, "create", "secret", "generic", "shared", "--from-literal=apiKey=sk-x")
+    before = secret_gets()
+    key = {"apiKeySecretRef": {"name": "shared"}}
+    kubectl(cluster, "apply", "-f", "-", stdin=bot(namespace, "first", openAI=key))
+    eventually(lambda: reconciled("first"), timeout=30, what="the first bot reconciled")
+    assert secret_gets() == before + 1  # found, once
+    names = [f"next-{i}" for i in range(5)]
+    items = ",".join(bot(namespace, n, openAI=key) for n in names)
+    kubectl(cluster, "apply", "-f", "-", stdin=f'{{"apiVersion": "v1", "kind": "List", "items": [{items}]}}')
+    eventually(lambda: reconciled(*names), timeout=30, what="the other bots reconciled")
+    assert secret_gets() == before + 1  # the find counted for them too

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from kubechat_operator.controller import Controller, ControllerConfig
-from kubechat_operator.kube import Kube
+from kubechat_operator.kube import ApiError, Kube
 from kubechat_operator.watch import BOTS, CHILDREN, Watch
 from kubernetes import client
 
@@ -183,3 +183,22 @@ def test_a_deployment_apply_is_answered_whole(kube_api: Any, namespace: str) -> 
     assert answer["kind"] == "Deployment" and "status" in answer and answer["metadata"]["generation"] == 1
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "meta", "namespace": namespace}}
     assert kube.apply(cm)["kind"] == "PartialObjectMetadata"
+
+
+def test_an_apply_with_a_field_the_api_does_not_know_is_refused_not_dropped(
+    kube_api: Any, namespace: str
+) -> None:
+    """Applies skip the API server's strict second parse (``fieldValidation=Ignore``, kube.py): what it
+    would find is duplicate keys, which a JSON body made from a dict cannot have; a field the API does
+    not know must still be refused, so a rendering mistake fails loudly (and is retried, logged) instead
+    of vanishing."""
+    kube = Kube(kube_api)
+    cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "typo", "namespace": namespace}}
+    with pytest.raises(ApiError) as refused:
+        kube.apply({**cm, "dta": {"k": "v"}})
+    # the same answer with Warn, Strict or Ignore (checked by hand against this API server): a 500
+    assert ".dta: field not declared in schema" in refused.value.status.message, refused.value.status
+    names = {c.metadata.name for c in client.CoreV1Api(kube_api).list_namespaced_config_map(namespace).items}
+    assert "typo" not in names  # nothing written
+    kube.apply({**cm, "data": {"k": "v"}})
+    assert client.CoreV1Api(kube_api).read_namespaced_config_map("typo", namespace).data == {"k": "v"}

@@ -6,7 +6,7 @@ from typing import Any
 
 from kubechat_operator.render import OperatorDefaults, render_bot
 from kubechat_operator.spec import Bot, parse
-from kubechat_operator.tracking import KINDS, BotState
+from kubechat_operator.tracking import KINDS, BotState, SecretsFound
 
 BOT = Bot("b", "n", "u", 1, parse({"systemPrompt": "p"}))
 
@@ -148,3 +148,21 @@ def test_access_children_the_spec_no_longer_renders_are_stale_whoever_wrote_them
     assert fresh.stale(children()) == {"ClusterRoleBinding": ("kubechat-tokenreview:n:b", "old")}
     assert not fresh.observe_child("ClusterRoleBinding", "DELETED", binding)  # gone: nothing of ours lost
     assert fresh.stale(children()) == {}
+
+
+def test_a_secret_found_counts_for_every_bot_for_a_while_then_is_forgotten() -> None:
+    found = SecretsFound(ttl=10.0)
+    assert not found.fresh("ns", "openai", 0.0)
+    found.add("ns", "openai", 100.0)
+    assert found.fresh("ns", "openai", 109.9)
+    assert not found.fresh("other", "openai", 101.0) and not found.fresh("ns", "azure", 101.0)
+    assert not found.fresh("ns", "openai", 110.0)  # ask the API server again
+
+
+def test_the_secrets_found_stay_bounded_by_time_not_by_how_many_were_ever_seen() -> None:
+    found = SecretsFound(ttl=10.0)
+    for i in range(1000):  # a thousand bots, each with its own Secret, one every 0.1 s
+        found.add("ns", f"key-{i}", i / 10)
+    assert len(found.found) <= 200  # at most the last two periods' worth
+    found.add("ns", "late", 1000.0)
+    assert list(found.found) == [("ns", "late")]
