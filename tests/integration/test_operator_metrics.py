@@ -102,7 +102,8 @@ def test_bots_naming_a_secret_just_found_do_not_ask_for_it_again(
 
     def reconciled(*names: str) -> None:
         done = kubectl(cluster, "-n", namespace, "get", "chatbots", *names, "-o", "json")
-        items = json.loads(done.stdout).get("items") or [json.loads(done.stdout)]
+        answer = json.loads(done.stdout)
+        items = answer.get("items") or [answer]  # a List for several names, the bot for one
         for item in items:
             assert (item.get("status") or {}).get("observedGeneration") == item["metadata"]["generation"], (
                 item
